@@ -1,0 +1,43 @@
+# The whole user journey: `make demo` (set up, run the quickstart sweep, analyse it) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fgray-installed
+RESULTS ?= fgray-results
+REPORT  ?= reports/quickstart
+
+.PHONY: setup demo test test-fast lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/fgray sweep sweeps/quickstart.yaml --overwrite --verbose 0
+	$(BIN)/fgray analyze $(RESULTS)/quickstart --out $(REPORT)
+	@echo
+	@echo "report: $(abspath $(REPORT))/report.html (and report.md beside it)"
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check fgray tests benchmarks
+	$(BIN)/ruff format --check fgray tests benchmarks
+
+format: setup
+	$(BIN)/ruff format fgray tests benchmarks
+	$(BIN)/ruff check --fix fgray tests benchmarks
+
+bench: setup
+	$(BIN)/python -m benchmarks.run --write BENCHMARKS.md
+
+clean:
+	rm -rf $(RESULTS) reports .pytest_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""python -m fgray"""
+
+import sys
+
+from fgray.cli import main
+
+sys.exit(main())

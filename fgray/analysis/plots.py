@@ -1,0 +1,362 @@
+"""The report's figures, drawn to PNG with matplotlib's Agg renderer (no display, no pyplot state).
+
+Figures are laid out per *panel*: the grouping keys except `method`, so forward and backprop of the
+same setting share axes. A figure whose data is absent (no test functions, lr not swept) is skipped
+with a reason instead of drawn empty.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from fgray.analysis import stats
+from fgray.config import TEST_FUNCTIONS
+
+METHOD_ORDER = ("backprop", "forward", "forward-per-tensor")
+COLORS = {"backprop": "C0", "forward": "C3", "forward-per-tensor": "C2"}
+TEST_CURVES = (("test_loss", "test loss"), ("test_accuracy", "test accuracy"),
+               ("test_errors", "test misclassifications"))
+X_AXES = (("iteration", "iteration"), ("train_seconds", "training seconds"))
+MAX_TRAJECTORIES = 25  # per method and panel, so the contour stays readable
+DPI = 100
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A written PNG and what it shows."""
+
+    path: str
+    kind: str
+    title: str
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a panel: a method's seeds (or all seeds when method is not a key)."""
+
+    name: str
+    trials: pd.DataFrame
+    history: pd.DataFrame
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")[:limit] or "all"
+
+
+def _method_rank(name: str) -> int:
+    return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def panels(trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str],
+           panel_by: Sequence[str] | None = None) -> list[tuple[dict[str, Any], list[Series]]]:
+    """(panel key, its series) for every panel; history rows are split to match."""
+    by = list(by)
+    panel_by = [k for k in by if k != "method"] if panel_by is None else list(panel_by)
+    row_keys = list(zip(*[trials[k].map(stats._plain) for k in panel_by], strict=True)) \
+        if panel_by else [()] * len(trials)
+    ids = {k: i for i, k in enumerate(dict.fromkeys(row_keys))}
+    tagged = trials[stats.SEED_KEYS].assign(_panel=[ids[k] for k in row_keys])
+    hist = history.merge(tagged, on=stats.SEED_KEYS, how="inner")
+    hist_by_panel = dict(iter(hist.groupby("_panel")))
+    out = []
+    for key, frame in stats.groups(trials, panel_by):
+        h_panel = hist_by_panel.get(ids[tuple(key.values())], hist.iloc[:0])
+        if "method" in by:
+            parts = sorted(frame.groupby("method"), key=lambda p: _method_rank(p[0]))
+        else:
+            parts = [("all seeds", frame)]
+        series = []
+        for name, part in parts:
+            h = h_panel.merge(part[stats.SEED_KEYS], on=stats.SEED_KEYS, how="inner")
+            series.append(Series(str(name), part, h))
+        out.append((key, series))
+    return out
+
+
+def _color(name: str, i: int) -> str:
+    return COLORS.get(name, f"C{i % 10}")
+
+
+def _save(fig: Figure, out_dir: str, kind: str, index: int, title: str) -> Plot:
+    path = os.path.join(out_dir, f"{kind}-{index:02d}-{_slug(title)}.png")
+    fig.savefig(path, dpi=DPI, format="png")
+    return Plot(path=path, kind=kind, title=title)
+
+
+def _logscale_if_wide(ax: Any, values: Sequence[float]) -> None:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if v.size and v.min() > 0 and v.max() / v.min() > 100:
+        ax.set_yscale("log")
+
+
+def _draw_band(ax: Any, b: pd.DataFrame, x: str, color: str, name: str) -> None:
+    ax.plot(b[x], b["median"], color=color, label=f"{name} (median)")
+    ax.fill_between(b[x], b["low"], b["high"], color=color, alpha=0.2, linewidth=0,
+                    label=f"{name} 10-90%")
+
+
+# -- figures --------------------------------------------------------------------------------------
+def test_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: int
+                ) -> Plot | None:
+    """Test loss, accuracy and misclassifications vs iteration and vs training seconds."""
+    present = [(c, t) for c, t in TEST_CURVES
+               if any(np.isfinite(stats._floats(s.history[c])).any() for s in series)]
+    if not present:
+        return None
+    fig = Figure(figsize=(4.2 * len(present), 7), layout="constrained")
+    axes = fig.subplots(len(X_AXES), len(present), squeeze=False)
+    for row, (x, x_label) in enumerate(X_AXES):
+        for col, (metric, title) in enumerate(present):
+            ax = axes[row][col]
+            values = []
+            for i, s in enumerate(series):
+                b = stats.band(s.history, x, metric)
+                if not b.empty:
+                    _draw_band(ax, b, x, _color(s.name, i), s.name)
+                    values += list(b["low"]) + list(b["high"])
+            if metric == "test_loss":
+                _logscale_if_wide(ax, values)
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(title)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    title = f"test curves: {stats.label(key)}"
+    fig.suptitle(title)
+    return _save(fig, out_dir, "test-curves", index, title)
+
+
+def train_loss(key: dict[str, Any], series: list[Series], out_dir: str, index: int
+               ) -> Plot | None:
+    """Training loss (median, 10-90% band) with the threshold that defines `reached`."""
+    if not any(np.isfinite(stats._floats(s.history["train_loss"])).any() for s in series):
+        return None
+    thresholds = sorted({float(t) for s in series for t in s.trials["threshold"].dropna()})
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, len(X_AXES), squeeze=False)[0]
+    for ax, (x, x_label) in zip(axes, X_AXES):
+        values = list(thresholds)
+        for i, s in enumerate(series):
+            b = stats.band(s.history, x, "train_loss")
+            if not b.empty:
+                _draw_band(ax, b, x, _color(s.name, i), s.name)
+                values += list(b["low"]) + list(b["high"])
+        for t in thresholds:
+            ax.axhline(t, color="black", linestyle="--", linewidth=1, label=f"threshold {t:g}")
+        _logscale_if_wide(ax, values)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    title = f"training loss: {stats.label(key)}"
+    fig.suptitle(title)
+    return _save(fig, out_dir, "train-loss", index, title)
+
+
+def km_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: int
+              ) -> Plot | None:
+    """Kaplan-Meier P(reached by t) in iterations and measured seconds, with 95% CI bands."""
+    measures = ("iterations", "seconds_measured")
+    data = {(s.name, m): stats.durations(s.trials, m) for s in series for m in measures}
+    if not any(len(d) for d, _ in data.values()):
+        return None
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, len(measures), squeeze=False)[0]
+    for ax, measure in zip(axes, measures):
+        for i, s in enumerate(series):
+            d, r = data[(s.name, measure)]
+            color = _color(s.name, i)
+            curve = stats.km_curve(d, r)
+            if curve.empty:
+                ax.plot([], [], color=color, label=f"{s.name}: none reached ({len(d)} seeds)")
+                continue
+            t_end = max(float(d.max()), float(curve["t"].iloc[-1]))
+            t = np.append(curve["t"], t_end)
+            ext = {c: np.append(curve[c], curve[c].iloc[-1]) for c in ("cdf", "low", "high")}
+            ax.step(t, ext["cdf"], where="post", color=color,
+                    label=f"{s.name} ({int(r.sum())}/{len(d)} reached)")
+            ax.fill_between(t, ext["low"], ext["high"], step="post", color=color, alpha=0.2,
+                            linewidth=0)
+            censored = d[~r]
+            if censored.size:
+                y = np.interp(censored, t, ext["cdf"])  # KM is flat there: marks sit on the curve
+                ax.plot(censored, y, "|", color=color, markersize=8)
+        ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(stats.MEASURE_LABELS[measure].split(":")[0])
+        ax.set_ylabel("P(reached threshold by t)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="lower right")
+    title = f"time to threshold (Kaplan-Meier, 95% CI; | = censored): {stats.label(key)}"
+    fig.suptitle(title)
+    return _save(fig, out_dir, "km", index, title)
+
+
+def lr_sweep(key: dict[str, Any], rows: pd.DataFrame, count_rows: pd.DataFrame, out_dir: str,
+             index: int) -> Plot | None:
+    """Median iterations to threshold vs learning rate (95% CIs) and the diverged fraction."""
+    if rows["lr"].nunique() < 2:
+        return None
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    twin = ax.twinx()
+    methods = sorted(rows["method"].unique(), key=_method_rank) if "method" in rows else [None]
+    finite = rows["median"][np.isfinite(rows["median"])]
+    top = float(finite.max()) * 1.3 if len(finite) else 1.0
+    for i, m in enumerate(methods):
+        part = rows if m is None else rows[rows["method"] == m]
+        part = part.sort_values("lr")
+        name = "all seeds" if m is None else str(m)
+        color = _color(name, i)
+        lr, med = part["lr"].to_numpy(float), part["median"].to_numpy(float)
+        ax.plot(lr, med, color=color, label=f"{name}: median iterations")
+        for _, r in part.iterrows():
+            if r["median_method"] == stats.NOT_REACHED:
+                ax.plot(r["lr"], top, "x", color=color, markersize=9)
+                continue
+            face = color if r["median_method"] == stats.KM else "none"
+            low = r["median"] - r["ci_low"] if np.isfinite(r["ci_low"]) else 0.0
+            high = r["ci_high"] - r["median"] if np.isfinite(r["ci_high"]) else 0.0
+            ax.errorbar(r["lr"], r["median"], yerr=[[low], [high]], fmt="o", color=color,
+                        markerfacecolor=face, capsize=3)
+            if not np.isfinite(r["ci_high"]):
+                ax.plot(r["lr"], r["median"], "^", color=color, markersize=7)
+        c = count_rows if m is None else count_rows[count_rows["method"] == m]
+        c = c.sort_values("lr")
+        twin.plot(c["lr"], c["diverged_fraction"], "s--", color=color, alpha=0.6,
+                  label=f"{name}: diverged fraction")
+    lrs = rows["lr"].to_numpy(float)
+    if lrs.min() > 0 and lrs.max() / lrs.min() >= 10:
+        ax.set_xscale("log")
+    ax.set_ylim(bottom=0, top=top * 1.08)
+    twin.set_ylim(0, 1.05)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("median iterations to threshold (95% CI)")
+    twin.set_ylabel("diverged fraction (squares)")
+    ax.grid(alpha=0.3)
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    handles += [Line2D([], [], marker="o", color="grey", linestyle="", label="filled: KM median"),
+                Line2D([], [], marker="o", color="grey", markerfacecolor="none", linestyle="",
+                       label="open: reached-only median (under half reached)"),
+                Line2D([], [], marker="^", color="grey", linestyle="",
+                       label="^: upper CI bound undefined"),
+                Line2D([], [], marker="x", color="grey", linestyle="",
+                       label="x at top: not reached")]
+    ax.legend(handles=handles, fontsize="x-small", loc="upper left")
+    title = f"learning-rate sweep: {stats.label(key)}"
+    fig.suptitle(title)
+    return _save(fig, out_dir, "lr-sweep", index, title)
+
+
+def trajectories(key: dict[str, Any], model: str, series: list[Series], out_dir: str,
+                 index: int) -> Plot | None:
+    """2-D paths (x, y per iteration) of every seed over the test function's contours."""
+    from fgray.models import MODEL_CLASSES  # the function's formula, start and minimum
+
+    paths = [(s, h) for s in series
+             for h in [s.history[np.isfinite(stats._floats(s.history["x"]))
+                                 & np.isfinite(stats._floats(s.history["y"]))]]
+             if not h.empty]
+    if not paths:
+        return None
+    fn = MODEL_CLASSES[model]
+    xy = np.concatenate([h[["x", "y"]].to_numpy(float) for _, h in paths])
+    anchors = np.array([fn.start, fn.minimum], dtype=float)
+    lo = np.minimum(np.percentile(xy, 2, axis=0), anchors.min(axis=0))
+    hi = np.maximum(np.percentile(xy, 98, axis=0), anchors.max(axis=0))
+    pad = np.maximum((hi - lo) * 0.15, 0.25)
+    lo, hi = lo - pad, hi + pad
+    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 300), np.linspace(lo[1], hi[1], 300))
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = np.log10(np.asarray(fn.value(gx, gy), dtype=float) + 1e-3)
+    fig = Figure(figsize=(6.5, 5.5), layout="constrained")
+    ax = fig.subplots()
+    ax.contour(gx, gy, z, levels=20, cmap="Greys", linewidths=0.7)
+    handles = []
+    for i, (s, h) in enumerate(paths):
+        color = _color(s.name, i)
+        seeds = list(h.groupby(stats.SEED_KEYS, sort=True))[:MAX_TRAJECTORIES]
+        for _, seed in seeds:
+            seed = seed.sort_values("iteration")
+            ax.plot(seed["x"], seed["y"], color=color, alpha=0.5, linewidth=1)
+            ax.plot(seed["x"].iloc[-1], seed["y"].iloc[-1], "o", color=color, markersize=3)
+        handles.append(Line2D([], [], color=color, label=f"{s.name} ({len(seeds)} seeds)"))
+    ax.plot(*fn.start, "ko", markersize=6)
+    ax.plot(*fn.minimum, "*", color="gold", markeredgecolor="black", markersize=14)
+    handles += [Line2D([], [], marker="o", color="black", linestyle="", label="start"),
+                Line2D([], [], marker="*", color="gold", markeredgecolor="black", linestyle="",
+                       markersize=12, label="minimum")]
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.legend(handles=handles, fontsize="small")
+    title = f"{model} trajectories (contours: log10 f): {stats.label(key)}"
+    fig.suptitle(title)
+    return _save(fig, out_dir, "trajectories", index, title)
+
+
+# -- all of them ----------------------------------------------------------------------------------
+def make_all(trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str],
+             tables: dict[str, pd.DataFrame], out_dir: str) -> tuple[list[Plot], list[str]]:
+    """Every applicable figure, written into out_dir; also the list of figures skipped and why."""
+    by = list(by)
+    plots: list[Plot] = []
+    skipped: list[str] = []
+    index = 0
+
+    def add(plot: Plot | None, what: str) -> None:
+        nonlocal index
+        if plot is None:
+            skipped.append(what)
+        else:
+            plots.append(plot)
+            index += 1
+
+    all_panels = panels(trials, history, by)
+    for key, series in all_panels:
+        name = stats.label(key)
+        add(test_curves(key, series, out_dir, index), f"test curves ({name}): no test metrics")
+        add(train_loss(key, series, out_dir, index), f"training loss ({name}): no history")
+        add(km_curves(key, series, out_dir, index),
+            f"Kaplan-Meier ({name}): no non-errored seeds")
+
+    if "lr" in by and trials["lr"].nunique() > 1:
+        sweep_by = [k for k in by if k not in ("method", "lr")]
+        iters, count = tables["iterations_to_threshold"], tables["counts"]
+        for key, rows in stats.groups(iters, sweep_by):
+            match = np.ones(len(count), dtype=bool)
+            for k, v in key.items():
+                match &= np.array([stats._plain(x) == v for x in count[k]], dtype=bool)
+            add(lr_sweep(key, rows, count[match], out_dir, index),
+                f"learning-rate sweep ({stats.label(key)}): a single lr")
+    else:
+        skipped.append("learning-rate sweep: lr does not vary across the groups")
+
+    models = trials["model"].map(stats._plain)
+    tf_trials = trials[models.isin(TEST_FUNCTIONS)]
+    if tf_trials.empty:
+        skipped.append("trajectories: no test-function (sphere/rosenbrock/beale) trials")
+    else:
+        panel_by = [k for k in by if k not in ("method", "model")]
+        for model in sorted(tf_trials["model"].unique()):
+            m_trials = tf_trials[tf_trials["model"] == model]
+            for key, series in panels(m_trials, history, by, panel_by):
+                full_key = {"model": model, **key}
+                add(trajectories(full_key, str(model), series, out_dir, index),
+                    f"trajectories ({stats.label(full_key)}): no x, y in history")
+    return plots, skipped
+
+
+def is_png(path: str) -> bool:
+    """True when the file starts with the PNG signature (used by tests and the report)."""
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"

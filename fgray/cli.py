@@ -1,0 +1,281 @@
+"""The `fgray` command line: run, sweep, resume, status, analyze.
+
+Usage errors (a wrong flag, a bad value, a malformed spec) print one line naming what is wrong after
+the usage line and exit with code 2; runtime failures (missing data, unwritable storage) exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from fgray.config import ConfigError, TrainConfig
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class UsageError(Exception):
+    """A bad argument; reported after the subcommand's usage line with exit code 2."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-31', '3', '0-3,8,10-11' -> a list of distinct non-negative ints, in order."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                a, b = int(lo), int(hi)
+                if b < a:
+                    raise ValueError
+                seeds.extend(range(a, b + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a seed list; use e.g. 0-31 or 0,4,7 or 0-3,10-12") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds must be distinct and >= 0")
+    if len(seeds) > 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: more than 1,000,000 seeds")
+    return seeds
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, so every option of the loop is reachable."""
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f"{f.metadata['help']} (default: {default})"
+        base = str(f.type).replace("| None", "").strip()
+        if base == "bool":
+            parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            continue
+        kind = {"int": int, "float": float, "str": str}[base]
+        parser.add_argument(flag, dest=f.name, type=kind, default=default,
+                            choices=f.metadata.get("choices"), help=help_text,
+                            metavar=None if f.metadata.get("choices") else base.upper())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fgray", description="Forward gradient vs backprop: seeded runs and sweeps on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train a population of seeds here, without Ray",
+                         description="Train one config for many seeds at once (no Ray).")
+    _add_config_flags(run)
+    run.add_argument("--seeds", type=parse_seeds, default=[0],
+                     help="seeds to train together, e.g. 0-31 (default: 0)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--out", default=None, metavar="FILE.parquet",
+                     help="write the per-iteration history of every seed here")
+    run.add_argument("--quiet", action="store_true", help="no live progress line")
+    run.set_defaults(handler=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="run a sweep spec (sweeps/*.yaml) on Ray Tune",
+                           description="Run every trial of a sweep spec on Ray Tune.")
+    sweep.add_argument("spec", help="sweep spec, e.g. sweeps/quickstart.yaml")
+    _add_ray_flags(sweep)
+    sweep.add_argument("--overwrite", action="store_true",
+                       help="delete an existing experiment of the same name first")
+    sweep.set_defaults(handler=cmd_sweep)
+
+    resume = sub.add_parser("resume", help="continue an interrupted sweep",
+                            description="Continue an interrupted or failed sweep: finished trials "
+                            "are kept, unfinished ones continue from checkpoints, errored and "
+                            "damaged ones run again.")
+    resume.add_argument("path", help="the experiment directory or URI that `fgray sweep` printed")
+    _add_ray_flags(resume)
+    resume.set_defaults(handler=cmd_resume)
+    return parser
+
+
+def _add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join ('auto' on a cluster node; default: RAY_ADDRESS "
+                        "or a local Ray on this machine)")
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="CPUs for a local Ray (default: all)")
+    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                        help="Tune's progress output: 0 quiet, 1 status table, 2 every result")
+
+
+# -- fgray run ---------------------------------------------------------------------------------
+class Progress:
+    """A live status line on stderr: redrawn 4x a second on a terminal, a new line every 5 s in
+    a log file."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.interval = 0.25 if self.tty else 5.0
+        self.last = time.perf_counter()
+        self.start = self.last
+
+    def __call__(self, trainer: Any) -> None:
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < self.interval:
+            return
+        self.last = now
+        import numpy as np
+
+        loss = trainer.last_loss[np.isfinite(trainer.last_loss)]
+        best = f"{loss.min():.4g}" if loss.size else "-"
+        median = f"{np.median(loss):.4g}" if loss.size else "-"
+        done = int((~trainer.running).sum())
+        line = (f"iter {trainer.iteration:>7}  loss best {best:>9} median {median:>9}  "
+                f"seeds done {done}/{trainer.population}  {now - self.start:7.1f}s")
+        sys.stderr.write(f"\r{line} " if self.tty else f"{line}\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+
+
+def summary_table(frame: Any) -> str:
+    """Outcome counts and the distribution of iterations/seconds to threshold."""
+    import numpy as np
+
+    lines = []
+    counts = frame["outcome"].value_counts()
+    lines.append("outcome   " + "  ".join(f"{k} {int(counts.get(k, 0))}"
+                                          for k in ("reached", "censored", "diverged")))
+    reached = frame[frame["outcome"] == "reached"]
+    if len(reached):
+        for col, fmt in (("iterations_to_threshold", "{:.0f}"), ("seconds_to_threshold", "{:.4f}")):
+            q = np.percentile(reached[col].astype(float), [0, 10, 50, 90, 100])
+            lines.append(f"{col:<24} min {fmt.format(q[0])}  p10 {fmt.format(q[1])}  median "
+                         f"{fmt.format(q[2])}  p90 {fmt.format(q[3])}  max {fmt.format(q[4])}")
+    if len(frame) <= 32:
+        lines.append(f"{'seed':>6} {'outcome':>9} {'iters':>7} {'seconds':>9} {'train_loss':>10} "
+                     f"{'test_loss':>9} {'test_acc':>8}")
+        for r in frame.itertuples():
+            lines.append(f"{r.seed:>6} {r.outcome:>9} {r.iterations_run:>7} "
+                         f"{r.train_seconds:>9.4f} {r.final_train_loss:>10.4g} "
+                         f"{r.final_test_loss:>9.4g} {_fmt(r.final_test_accuracy):>8}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from fgray.loop import PopulationTrainer
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig.from_dict(values)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    trainer = PopulationTrainer(config, args.seeds)
+    progress = Progress(not args.quiet)
+    try:
+        trainer.run(on_step=progress)
+    finally:
+        progress.close()
+    print(summary_table(trainer.results_frame()))
+    if args.out:
+        history = trainer.history_frame()
+        history.to_parquet(args.out, index=False)
+        print(f"history: {len(history)} rows -> {args.out}")
+    return 0
+
+
+# -- fgray sweep / resume ---------------------------------------------------------------------
+def _report_sweep(outcome: Any) -> int:
+    uri = outcome.experiment_uri
+    print(f"experiment: {uri}")
+    print(f"trials complete: {outcome.complete}/{outcome.plans}")
+    print(f"results: {uri}/results/trials and {uri}/results/history "
+          "(fgray.results.load or pandas.read_parquet)")
+    for name, error in outcome.errored.items():
+        print(f"  trial {name} failed: {error}")
+    for part, why in outcome.corrupt.items():
+        print(f"  damaged part {part}: {why}")
+    if not outcome.finished:
+        print(f"not finished: continue with `fgray resume {uri}`")
+        return EXIT_FAILURE
+    print(f"next: fgray analyze {uri}")
+    return 0
+
+
+def _with_resume_hint(uri: str, action: Any) -> int:
+    """Run a sweep action; on Ctrl-C say exactly how to continue."""
+    try:
+        return _report_sweep(action())
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with `fgray resume {uri}`", file=sys.stderr)
+        return 130
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fgray import sweep
+    from fgray.spec import load_spec
+
+    spec = load_spec(args.spec)
+    return _with_resume_hint(spec.experiment_uri(), lambda: sweep.launch(
+        spec, address=args.address, overwrite=args.overwrite, num_cpus=args.num_cpus,
+        verbose=args.verbose))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from fgray import results, sweep
+
+    uri = results.locate(args.path).uri
+    return _with_resume_hint(uri, lambda: sweep.resume(
+        uri, address=args.address, num_cpus=args.num_cpus, verbose=args.verbose))
+
+
+# -- entry point -------------------------------------------------------------------------------
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from fgray.data import DataError
+    from fgray.results import ResultsError
+    from fgray.spec import SpecError
+    from fgray.sweep import SweepError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = _subparser(parser, args.command)
+    try:
+        return int(args.handler(args) or 0)
+    except (UsageError, ConfigError, SpecError, SweepError) as exc:
+        sub.print_usage(sys.stderr)
+        print(f"fgray {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DataError, ResultsError) as exc:
+        print(f"fgray {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"\nfgray {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

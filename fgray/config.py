@@ -1,0 +1,165 @@
+"""One trial's settings: every option of the core training loop, validated in one place.
+
+The CLI (`fgray run` flags), the sweep specs (`base` and `grid` keys) and the Parquet results (one
+column per key) are all generated from the fields of :class:`TrainConfig`, so a new option is added
+here once and appears everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+MODELS = ("logreg", "mlp", "cnn", "sphere", "rosenbrock", "beale")
+TEST_FUNCTIONS = ("sphere", "rosenbrock", "beale")
+METHODS = ("backprop", "forward", "forward-per-tensor")
+TANGENTS = ("normal", "rademacher", "standardized")
+OPTIMIZERS = ("sgd", "adam")
+DATASETS = ("penguins", "mnist", "mnist-t10k", "none")
+DEVICES = ("cpu", "cuda")
+
+# The data set each model trains on when `data` is left at "auto".
+DEFAULT_DATA = {"logreg": "penguins", "mlp": "penguins", "cnn": "mnist-t10k"}
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; `key` names it and the message says what is allowed."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trial's training, except the seeds it runs."""
+
+    model: str = _opt("logreg", "model to train", MODELS)
+    method: str = _opt("forward", "gradient estimator", METHODS)
+    tangent: str = _opt("normal", "tangent distribution of the forward gradient", TANGENTS)
+    tangents: int = _opt(1, "forward gradients averaged per step (K)")
+    optimizer: str = _opt("sgd", "torch optimizer fed with the estimated gradient", OPTIMIZERS)
+    lr: float = _opt(0.01, "learning rate")
+    momentum: float = _opt(0.0, "SGD momentum")
+    threshold: float = _opt(0.2, "a seed is done when its full training-set loss falls below this")
+    max_iters: int = _opt(1000, "iteration cap; seeds not at threshold by then are censored")
+    max_seconds: float | None = _opt(None, "training-time cap per run in seconds (censors the rest)")
+    batch_size: int | None = _opt(None, "mini-batch size (default: full batch)")
+    eval_every: int = _opt(10, "evaluate on the test set every this many iterations")
+    data: str = _opt("auto", "data set (auto: penguins for logreg/mlp, mnist-t10k for cnn)",
+                     ("auto",) + DATASETS)
+    data_seed: int = _opt(0, "seed of the train/test split, independent of the training seed")
+    test_fraction: float = _opt(0.2, "penguins: fraction of rows held out for testing")
+    train_size: int = _opt(500, "mnist: training images")
+    test_size: int = _opt(100, "mnist: test images")
+    data_root: str | None = _opt(None, "mnist: torchvision root (default: per-user cache)")
+    download: bool = _opt(False, "mnist: allow torchvision to download the data")
+    device: str = _opt("cpu", "torch device", DEVICES)
+
+    def __post_init__(self) -> None:
+        # YAML and argparse give ints for floats ("lr: 1"); store floats so columns keep one type.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ConfigError naming the first wrong key and what it accepts."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_type(f.name, value, f.type)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f.name, f"{value!r} is not one of {', '.join(choices)}")
+        _positive("lr", self.lr)
+        _positive("threshold", self.threshold)
+        _at_least("tangents", self.tangents, 1)
+        _at_least("max_iters", self.max_iters, 1)
+        _at_least("eval_every", self.eval_every, 1)
+        _at_least("train_size", self.train_size, 1)
+        _at_least("test_size", self.test_size, 1)
+        if self.max_seconds is not None:
+            _positive("max_seconds", self.max_seconds)
+        if self.batch_size is not None:
+            _at_least("batch_size", self.batch_size, 1)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError("momentum", f"{self.momentum} must be in [0, 1)")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError("test_fraction", f"{self.test_fraction} must be in (0, 1)")
+        data = self.resolved_data
+        if self.model in TEST_FUNCTIONS and data != "none":
+            raise ConfigError("data", f"{self.model} is a test function and takes no data "
+                              "(leave data at auto or none)")
+        if self.model not in TEST_FUNCTIONS:
+            wants = "mnist" if self.model == "cnn" else "penguins"
+            if not data.startswith(wants):
+                raise ConfigError("data", f"model {self.model} needs {wants} data, got {data}")
+        if self.model in TEST_FUNCTIONS and self.batch_size is not None:
+            raise ConfigError("batch_size", f"{self.model} has no data to batch")
+
+    @property
+    def resolved_data(self) -> str:
+        if self.data != "auto":
+            return self.data
+        return DEFAULT_DATA.get(self.model, "none")
+
+    # -- conversions ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict, rejecting unknown keys by name."""
+        unknown = sorted(set(values) - set(field_names()))
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown option; allowed: {', '.join(field_names())}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def field_types() -> dict[str, str]:
+    """Field name -> its annotation as written ("int", "float | None", ...)."""
+    return {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+
+
+def _check_type(key: str, value: Any, annotation: str) -> None:
+    optional = annotation.endswith("| None")
+    base = annotation.replace("| None", "").strip()
+    if value is None:
+        if optional:
+            return
+        raise ConfigError(key, f"must be a {base}, not empty")
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+    }[base]
+    if not ok:
+        raise ConfigError(key, f"must be a {base}, got {type(value).__name__} {value!r}")
+    if base == "float" and not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(key, f"must be > 0, got {value}")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(key, f"must be >= {low}, got {value}")

@@ -1,0 +1,125 @@
+"""Gradient estimators: pure functions (loss_fn, params, generators) -> (loss, grads).
+
+Parameters carry a leading seed axis S and `loss_fn` returns one loss per seed, so every estimator
+handles a population in one pass. Randomness comes only from `generators`, one per seed, drawn in a
+fixed order: a seed's tangents are the same whatever population it trains in.
+
+- backprop: reverse mode, the exact gradient.
+- forward: the forward gradient of Baydin et al. (2022): one jvp over ALL parameters along a random
+  tangent v gives the directional derivative ∇f·v; the estimate (∇f·v) v is unbiased when v has
+  independent zero-mean, unit-variance entries.
+- forward-per-tensor: the seed document's variant, a separate jvp per parameter tensor, each along
+  that tensor's part of the tangent. Also unbiased, with T forward passes for T tensors.
+Forward mode uses torch.autograd.forward_ad (dual tensors), which costs about one forward pass; on
+this workload it is ~2x faster than torch.func.jvp, which re-traces the function on every call.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+
+from fgray.models import Params
+
+# torch's forward-AD decompositions still call torch.jit.script on first use; the warning is
+# torch's to fix and says nothing about fgray.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning)
+
+LossFn = Callable[[Params], Tensor]
+Estimate = tuple[Tensor, Params]
+
+
+def draw_tangents(params: Params, generators: Sequence[torch.Generator], kind: str) -> Params:
+    """One tangent per seed with the shapes of `params`, from that seed's generator.
+
+    normal: N(0, 1) entries (the paper). rademacher: ±1. standardized: normal, then each tensor's
+    part rescaled to mean 0, std 1 (the seed document's choice; no longer exactly unbiased).
+    """
+    first = next(iter(params.values()))
+    sizes = [p[0].numel() for p in params.values()]
+    n = sum(sizes)
+    rows = []
+    for g in generators:
+        if kind == "rademacher":
+            rows.append(torch.randint(0, 2, (n,), generator=g, device=first.device))
+        else:
+            rows.append(torch.randn(n, generator=g, device=first.device, dtype=first.dtype))
+    flat = torch.stack(rows)
+    if kind == "rademacher":
+        flat = flat.to(first.dtype) * 2 - 1
+    parts = flat.split(sizes, dim=1)
+    tangents = {}
+    for (name, p), part in zip(params.items(), parts):
+        if kind == "standardized" and part.shape[1] > 1:
+            part = (part - part.mean(1, keepdim=True)) / part.std(1, keepdim=True)
+        tangents[name] = part.reshape(p.shape)
+    return tangents
+
+
+def _per_seed(scalar: Tensor, like: Tensor) -> Tensor:
+    """Broadcast a (S,) tensor against a (S, ...) tensor."""
+    return scalar.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def directional_derivative(loss_fn: LossFn, params: Params, tangent: Params) -> tuple[Tensor, Tensor]:
+    """(loss, ∇loss·tangent) per seed from one forward-mode pass; tangent entries may be missing."""
+    with fwAD.dual_level():
+        dual = {k: fwAD.make_dual(p, tangent[k]) if k in tangent else p for k, p in params.items()}
+        loss, jvp = fwAD.unpack_dual(loss_fn(dual))
+    if jvp is None:  # the loss does not depend on the tangent's tensors
+        jvp = torch.zeros_like(loss)
+    return loss, jvp
+
+
+def backprop(loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator],
+             tangent: str = "normal", tangents: int = 1) -> Estimate:
+    """The exact gradient by reverse mode (tangent options are ignored)."""
+    leaves = {k: p.detach().requires_grad_() for k, p in params.items()}
+    with torch.enable_grad():
+        loss = loss_fn(leaves)
+        grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
+    return loss.detach(), dict(zip(leaves, grads))
+
+
+def forward(loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator],
+            tangent: str = "normal", tangents: int = 1) -> Estimate:
+    """Forward gradient (∇f·v) v over all parameters jointly, averaged over K tangents."""
+    loss = None
+    grads = {k: torch.zeros_like(p) for k, p in params.items()}
+    for _ in range(tangents):
+        v = draw_tangents(params, generators, tangent)
+        value, jvp = directional_derivative(loss_fn, params, v)
+        loss = value if loss is None else loss
+        for k in grads:
+            grads[k] += _per_seed(jvp, v[k]) * v[k]
+    return loss, _mean(grads, tangents)
+
+
+def forward_per_tensor(loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator],
+                       tangent: str = "normal", tangents: int = 1) -> Estimate:
+    """Per-tensor forward gradient: tensor i gets (∂f/∂θ_i · v_i) v_i from its own jvp."""
+    loss = None
+    grads = {k: torch.zeros_like(p) for k, p in params.items()}
+    for _ in range(tangents):
+        v = draw_tangents(params, generators, tangent)
+        for k in params:
+            value, jvp = directional_derivative(loss_fn, params, {k: v[k]})
+            loss = value if loss is None else loss
+            grads[k] += _per_seed(jvp, v[k]) * v[k]
+    return loss, _mean(grads, tangents)
+
+
+def _mean(grads: Params, k: int) -> Params:
+    return grads if k == 1 else {name: g / k for name, g in grads.items()}
+
+
+ESTIMATORS: dict[str, Callable[..., Estimate]] = {
+    "backprop": backprop,
+    "forward": forward,
+    "forward-per-tensor": forward_per_tensor,
+}

@@ -1,0 +1,318 @@
+"""The population training loop: S seeds trained at once, each stopping on its own.
+
+One iteration t, top to bottom:
+  1. estimate loss(θ_t) and a gradient for every seed            (timed)
+  2. threshold check on the full training set, finiteness check    (timed)
+  3. record history; seeds below the threshold are `reached`, non-finite ones `diverged`,
+     and at the iteration or time cap the rest are `censored`
+  4. evaluate on the test set every `eval_every` iterations and when a seed stops (not timed)
+  5. optimizer step for the seeds still running                  (timed)
+Each seed has its own generator (tangents, mini-batch order) and initialisation, so its history is
+the same whatever population it runs in, and the whole state can be saved between iterations and
+restored to continue bit-identically.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fgray.config import ConfigError, TrainConfig
+from fgray.data import Dataset, load_data
+from fgray.estimators import ESTIMATORS
+from fgray.models import build_model, init_population
+from fgray.objective import Objective
+from fgray.optim import build_optimizer, masked_step
+
+RUNNING, REACHED, CENSORED, DIVERGED = 0, 1, 2, 3
+OUTCOMES = {REACHED: "reached", CENSORED: "censored", DIVERGED: "diverged"}
+EVAL_KEYS = ("test_loss", "test_accuracy", "test_errors")
+STATE_VERSION = 1
+
+
+def training_seed(seed: int) -> int:
+    """The seed of a seed's training generator, distinct from its initialisation stream."""
+    return (seed + 0x9E3779B97F4A7C15) % (1 << 63)
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    seed: int
+    outcome: str
+    iterations_to_threshold: int | None
+    seconds_to_threshold: float | None
+    iterations_run: int
+    train_seconds: float
+    final_train_loss: float
+    final_test_loss: float
+    final_test_accuracy: float
+    final_test_errors: int | None
+
+
+class PopulationTrainer:
+    """Trains `config` for every seed in `seeds` at once; `run()` until all are done."""
+
+    def __init__(self, config: TrainConfig, seeds: Sequence[int], data: Dataset | None = None
+                 ) -> None:
+        if len(seeds) == 0:
+            raise ConfigError("seeds", "at least one seed is needed")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError("seeds", "seeds must be distinct")
+        self.config = config
+        self.seeds = [int(s) for s in seeds]
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device", "cuda was asked for but torch sees no GPU; use cpu")
+        self.model = build_model(config.model)
+        self.objective = Objective(self.model, data if data is not None else load_data(config))
+        n_train = self.objective.n_train
+        if config.batch_size is not None and config.batch_size > n_train:
+            raise ConfigError("batch_size", f"{config.batch_size} is larger than the {n_train} "
+                              "training examples; lower it or leave it unset for full batch")
+        self.estimate = ESTIMATORS[config.method]
+        self.params = {k: p.to(self.device) for k, p in init_population(self.model,
+                                                                          self.seeds).items()}
+        self.optimizer = build_optimizer(config, self.params)
+        self.generators = [torch.Generator(self.device).manual_seed(training_seed(s))
+                           for s in self.seeds]
+        s = len(self.seeds)
+        self.iteration = 0
+        self.elapsed = 0.0
+        self.status = np.zeros(s, dtype=np.int8)
+        self.stop_iteration = np.full(s, -1, dtype=np.int64)
+        self.stop_seconds = np.full(s, math.nan)
+        self.last_loss = np.full(s, math.nan)
+        self.last_eval = {k: np.full(s, math.nan) for k in EVAL_KEYS}
+        self.batch_order: torch.Tensor | None = None  # (S, N) example order of this epoch
+        self.step_seconds: list[float] = []
+        self._history: list[dict[str, Any]] = []
+
+    # -- running ----------------------------------------------------------------------------
+    @property
+    def population(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def running(self) -> np.ndarray:
+        return self.status == RUNNING
+
+    @property
+    def done(self) -> bool:
+        return not self.running.any()
+
+    def run(self, until: int | None = None,
+            on_step: Callable[[PopulationTrainer], None] | None = None) -> bool:
+        """Step until every seed is done (True) or the iteration counter reaches `until` (False)."""
+        while not self.done:
+            if until is not None and self.iteration >= until:
+                return False
+            self.step()
+            if on_step is not None:
+                on_step(self)
+        return True
+
+    def _next_batch(self, t: int) -> torch.Tensor:
+        """Per-seed example indices (S, B): a fresh per-seed permutation each epoch."""
+        n, b = self.objective.n_train, self.config.batch_size
+        per_epoch = math.ceil(n / b)
+        k = t % per_epoch
+        if k == 0 or self.batch_order is None:
+            self.batch_order = torch.stack([
+                torch.randperm(n, generator=g, device=self.device) for g in self.generators])
+        return self.batch_order[:, k * b:(k + 1) * b]
+
+    def step(self) -> None:
+        cfg, t = self.config, self.iteration
+        start = time.perf_counter()
+        if cfg.batch_size is None:
+            loss, grads = self.estimate(self.objective.loss, self.params, self.generators,
+                                        cfg.tangent, cfg.tangents)
+        else:
+            batch = self._next_batch(t)
+            with torch.no_grad():
+                loss = self.objective.loss(self.params)  # threshold check: full training set
+            _, grads = self.estimate(lambda p: self.objective.loss(p, batch), self.params,
+                                     self.generators, cfg.tangent, cfg.tangents)
+        finite = torch.stack([p.reshape(self.population, -1).isfinite().all(1)
+                              for p in self.params.values()]).all(0)
+        loss_np = loss.detach().double().cpu().numpy()
+        finite_np = finite.cpu().numpy() & np.isfinite(loss_np)
+        compute_seconds = time.perf_counter() - start
+        now = self.elapsed + compute_seconds
+
+        running = self.running
+        diverged = running & ~finite_np
+        reached = running & finite_np & (loss_np < cfg.threshold)
+        stopping = reached | diverged
+        capped = t >= cfg.max_iters or (cfg.max_seconds is not None and now >= cfg.max_seconds)
+        censored = running & ~stopping if capped else np.zeros_like(running)
+
+        self._record(t, now, running, loss_np)
+        self.status[reached], self.status[diverged], self.status[censored] = (
+            REACHED, DIVERGED, CENSORED)
+        ended = stopping | censored
+        self.stop_iteration[ended] = t
+        self.stop_seconds[ended] = now
+        self.last_loss[running] = loss_np[running]
+        if t % cfg.eval_every == 0 or ended.any():
+            self._evaluate(running if t % cfg.eval_every == 0 else ended)
+
+        start = time.perf_counter()
+        still = self.running
+        if still.any():
+            masked_step(self.optimizer, self.params, grads, still)
+        update_seconds = time.perf_counter() - start
+        self.step_seconds.append(compute_seconds + update_seconds)
+        self.elapsed = now + update_seconds
+        self.iteration = t + 1
+
+    def _record(self, t: int, now: float, running: np.ndarray, loss: np.ndarray) -> None:
+        row: dict[str, Any] = {"iteration": t, "seconds": now, "recorded": running.copy(),
+                               "train_loss": loss.copy()}
+        if self.objective.is_test_function:
+            row["xy"] = self.params["xy"].detach().double().cpu().numpy().copy()
+        self._history.append(row)
+
+    def _evaluate(self, which: np.ndarray) -> None:
+        metrics = {k: v.double().cpu().numpy() for k, v in self.objective.evaluate(
+            self.params).items()}
+        row = self._history[-1]
+        for k in EVAL_KEYS:
+            values = np.where(which, metrics.get(k, np.full(self.population, math.nan)), math.nan)
+            row[k] = values
+            self.last_eval[k][which] = values[which]
+
+    # -- results ----------------------------------------------------------------------------
+    def results(self) -> list[SeedResult]:
+        out = []
+        for i, seed in enumerate(self.seeds):
+            status = int(self.status[i])
+            reached = status == REACHED
+            errors = self.last_eval["test_errors"][i]
+            out.append(SeedResult(
+                seed=seed,
+                outcome=OUTCOMES.get(status, "running"),
+                iterations_to_threshold=int(self.stop_iteration[i]) if reached else None,
+                seconds_to_threshold=float(self.stop_seconds[i]) if reached else None,
+                iterations_run=int(self.stop_iteration[i]) if status else self.iteration,
+                train_seconds=float(self.stop_seconds[i]) if status else self.elapsed,
+                final_train_loss=float(self.last_loss[i]),
+                final_test_loss=float(self.last_eval["test_loss"][i]),
+                final_test_accuracy=float(self.last_eval["test_accuracy"][i]),
+                final_test_errors=None if math.isnan(errors) else int(errors),
+            ))
+        return out
+
+    def results_frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame([r.__dict__ for r in self.results()])
+        frame["population_size"] = self.population
+        frame["seconds_per_iteration"] = self.median_step_seconds()
+        return frame
+
+    def median_step_seconds(self) -> float:
+        return float(np.median(self.step_seconds)) if self.step_seconds else math.nan
+
+    def history_frame(self) -> pd.DataFrame:
+        """One row per (seed, recorded iteration), ordered by seed then iteration."""
+        columns = ["seed", "iteration", "train_loss", "train_seconds", *EVAL_KEYS, "x", "y"]
+        if not self._history:
+            return pd.DataFrame(columns=columns)
+        recorded = np.stack([r["recorded"] for r in self._history])  # (T, S)
+        t_idx, s_idx = np.nonzero(recorded)
+        seeds = np.asarray(self.seeds)
+
+        def column(key: str) -> np.ndarray:
+            table = np.stack([r.get(key, np.full(self.population, math.nan))
+                              for r in self._history])
+            return table[t_idx, s_idx]
+
+        frame = pd.DataFrame({
+            "seed": seeds[s_idx],
+            "iteration": np.array([r["iteration"] for r in self._history])[t_idx],
+            "train_loss": column("train_loss"),
+            "train_seconds": np.array([r["seconds"] for r in self._history])[t_idx],
+            "test_loss": column("test_loss"),
+            "test_accuracy": column("test_accuracy"),
+            "test_errors": pd.array(np.round(column("test_errors")), dtype="Float64")
+            .astype("Int64"),
+        })
+        if self.objective.is_test_function:
+            xy = np.stack([r["xy"] for r in self._history])[t_idx, s_idx]
+            frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
+        else:
+            frame["x"] = frame["y"] = math.nan
+        return frame.sort_values(["seed", "iteration"], kind="stable").reset_index(drop=True)
+
+    # -- checkpointing ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically; loadable with weights_only=True."""
+        return {
+            "version": STATE_VERSION,
+            "config": self.config.to_dict(),
+            "seeds": list(self.seeds),
+            "iteration": self.iteration,
+            "elapsed": self.elapsed,
+            "params": {k: p.detach().cpu().clone() for k, p in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "generators": [g.get_state() for g in self.generators],
+            "status": torch.from_numpy(self.status.copy()),
+            "stop_iteration": torch.from_numpy(self.stop_iteration.copy()),
+            "stop_seconds": torch.from_numpy(self.stop_seconds.copy()),
+            "last_loss": torch.from_numpy(self.last_loss.copy()),
+            "last_eval": {k: torch.from_numpy(v.copy()) for k, v in self.last_eval.items()},
+            "batch_order": None if self.batch_order is None else self.batch_order.cpu(),
+            "step_seconds": torch.tensor(self.step_seconds, dtype=torch.float64),
+            "history": [_tensors(r) for r in self._history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"checkpoint format {state.get('version')} is not {STATE_VERSION}")
+        if state["config"] != self.config.to_dict() or state["seeds"] != self.seeds:
+            raise ValueError("checkpoint belongs to a different config or seed list")
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(state["params"][k].to(self.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        for g, s in zip(self.generators, state["generators"]):
+            g.set_state(s)
+        self.iteration = int(state["iteration"])
+        self.elapsed = float(state["elapsed"])
+        self.status = state["status"].numpy().copy()
+        self.stop_iteration = state["stop_iteration"].numpy().copy()
+        self.stop_seconds = state["stop_seconds"].numpy().copy()
+        self.last_loss = state["last_loss"].numpy().copy()
+        self.last_eval = {k: v.numpy().copy() for k, v in state["last_eval"].items()}
+        order = state["batch_order"]
+        self.batch_order = None if order is None else order.to(self.device)
+        self.step_seconds = state["step_seconds"].tolist()
+        self._history = [_arrays(r) for r in state["history"]]
+
+    def save(self, path: str) -> None:
+        torch.save(self.state_dict(), path)
+
+    def restore(self, path: str) -> None:
+        self.load_state_dict(torch.load(path, weights_only=True))
+
+
+def _tensors(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in row.items()}
+
+
+def _arrays(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in row.items()}
+
+
+def train(config: TrainConfig, seeds: Sequence[int], data: Dataset | None = None
+          ) -> PopulationTrainer:
+    """Train to completion and return the trainer (results(), history_frame())."""
+    trainer = PopulationTrainer(config, seeds, data)
+    trainer.run()
+    return trainer

@@ -1,0 +1,201 @@
+"""The seed document's three networks and three 2-D test functions, as plain nn.Modules.
+
+Each forward is written so that every parameter may carry a leading *seed* axis: called through
+`torch.func.functional_call` with parameters of shape (S, *shape), a module computes S independent
+models at once (batched matmuls; grouped convolutions for the CNN). That is how a population of seeds
+trains in one pass without a Python loop over seeds. Weights are stored (in, out) so the same
+`x @ W + b` serves one model and many.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fgray.config import TEST_FUNCTIONS
+
+Params = dict[str, Tensor]
+
+
+def dense(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """x @ W + b for x (..., N, in), W (in, out) or (S, in, out), b (out,) or (S, out)."""
+    return torch.matmul(x, weight) + bias.unsqueeze(-2)
+
+
+def conv3x3(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """3x3 'same' convolution; with a seed axis on the weights, one grouped conv for all seeds.
+
+    x is (N, C, H, W) or (S, N, C, H, W); weight (O, C, 3, 3) or (S, O, C, 3, 3).
+    """
+    if weight.dim() == 4:
+        return F.conv2d(x, weight, bias, padding=1)
+    s, o, c = weight.shape[:3]
+    if x.dim() == 4:
+        x = x.unsqueeze(0).expand(s, *x.shape)
+    n, h, w = x.shape[1], x.shape[3], x.shape[4]
+    grouped = x.transpose(0, 1).reshape(n, s * c, h, w)
+    out = F.conv2d(grouped, weight.reshape(s * o, c, 3, 3), bias.reshape(s * o), padding=1,
+                   groups=s)
+    return out.reshape(n, s, o, h, w).transpose(0, 1)
+
+
+def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -> Tensor:
+    return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+
+class LogReg(nn.Module):
+    """logits = x @ W + b; N(0, 1) initialisation as in the seed document."""
+
+    def __init__(self, features: int = 4, classes: int = 3) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.zeros(features, classes))
+        self.b = nn.Parameter(torch.zeros(classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dense(x, self.W, self.b)
+
+    @staticmethod
+    def init(shapes: dict[str, torch.Size], generator: torch.Generator) -> Params:
+        return {k: torch.randn(s, generator=generator) for k, s in shapes.items()}
+
+
+class MLP(nn.Module):
+    """4 -> 64 -> ReLU -> 8 -> ReLU -> 3; U(-1, 1) on every weight and bias (the seed's choice)."""
+
+    def __init__(self, sizes: tuple[int, ...] = (4, 64, 8, 3)) -> None:
+        super().__init__()
+        self.sizes = sizes
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            self.register_parameter(f"W{i + 1}", nn.Parameter(torch.zeros(a, b)))
+            self.register_parameter(f"b{i + 1}", nn.Parameter(torch.zeros(b)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        layers = len(self.sizes) - 1
+        for i in range(1, layers + 1):
+            x = dense(x, getattr(self, f"W{i}"), getattr(self, f"b{i}"))
+            if i < layers:
+                x = torch.relu(x)
+        return x
+
+    @staticmethod
+    def init(shapes: dict[str, torch.Size], generator: torch.Generator) -> Params:
+        return {k: _uniform(tuple(s), 1.0, generator) for k, s in shapes.items()}
+
+
+class CNN(nn.Module):
+    """conv(1->2) -> ReLU -> conv(2->4) -> ReLU -> maxpool 2 -> fc 784->64 -> ReLU -> fc 64->10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1_w = nn.Parameter(torch.zeros(2, 1, 3, 3))
+        self.conv1_b = nn.Parameter(torch.zeros(2))
+        self.conv2_w = nn.Parameter(torch.zeros(4, 2, 3, 3))
+        self.conv2_b = nn.Parameter(torch.zeros(4))
+        self.fc1_w = nn.Parameter(torch.zeros(784, 64))
+        self.fc1_b = nn.Parameter(torch.zeros(64))
+        self.fc2_w = nn.Parameter(torch.zeros(64, 10))
+        self.fc2_b = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(conv3x3(x, self.conv1_w, self.conv1_b))
+        x = torch.relu(conv3x3(x, self.conv2_w, self.conv2_b))
+        lead = x.shape[:-3]  # (N,) or (S, N)
+        x = F.max_pool2d(x.reshape(-1, *x.shape[-3:]), 2).reshape(*lead, -1)
+        x = torch.relu(dense(x, self.fc1_w, self.fc1_b))
+        return dense(x, self.fc2_w, self.fc2_b)
+
+    @staticmethod
+    def init(shapes: dict[str, torch.Size], generator: torch.Generator) -> Params:
+        """torch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases alike."""
+        params = {}
+        for prefix in ("conv1", "conv2", "fc1", "fc2"):
+            w = shapes[f"{prefix}_w"]
+            fan_in = math.prod(w[1:]) if prefix.startswith("conv") else w[0]
+            bound = 1.0 / math.sqrt(fan_in)
+            params[f"{prefix}_w"] = _uniform(tuple(w), bound, generator)
+            params[f"{prefix}_b"] = _uniform(tuple(shapes[f"{prefix}_b"]), bound, generator)
+        return params
+
+
+class TestFunction(nn.Module):
+    """A 2-D objective f(x, y) whose parameters are the point `xy`; it starts from a fixed point."""
+
+    __test__ = False  # not a pytest class
+    minimum: tuple[float, float] = (0.0, 0.0)
+    start: tuple[float, float] = (0.0, 0.0)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.xy = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x: Tensor | None = None) -> Tensor:
+        return self.value(self.xy[..., 0], self.xy[..., 1])
+
+    @staticmethod
+    def value(x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def init(cls, shapes: dict[str, torch.Size], generator: torch.Generator) -> Params:
+        return {"xy": torch.tensor(cls.start)}
+
+
+class Sphere(TestFunction):
+    """x² + y², minimum 0 at (0, 0)."""
+
+    start = (1.5, -1.0)
+
+    @staticmethod
+    def value(x: Tensor, y: Tensor) -> Tensor:
+        return x**2 + y**2
+
+
+class Rosenbrock(TestFunction):
+    """(1 - x)² + 100 (y - x²)², minimum 0 at (1, 1); the classic start (-1.2, 1)."""
+
+    minimum = (1.0, 1.0)
+    start = (-1.2, 1.0)
+
+    @staticmethod
+    def value(x: Tensor, y: Tensor) -> Tensor:
+        return (1 - x) ** 2 + 100 * (y - x**2) ** 2
+
+
+class Beale(TestFunction):
+    """(1.5 - x + xy)² + (2.25 - x + xy²)² + (2.625 - x + xy³)², minimum 0 at (3, 0.5)."""
+
+    minimum = (3.0, 0.5)
+    start = (1.0, 1.0)
+
+    @staticmethod
+    def value(x: Tensor, y: Tensor) -> Tensor:
+        return ((1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2
+                + (2.625 - x + x * y**3) ** 2)
+
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "logreg": LogReg, "mlp": MLP, "cnn": CNN,
+    "sphere": Sphere, "rosenbrock": Rosenbrock, "beale": Beale,
+}
+assert set(TEST_FUNCTIONS) <= set(MODEL_CLASSES)
+
+
+def build_model(name: str) -> nn.Module:
+    return MODEL_CLASSES[name]()
+
+
+def init_params(model: nn.Module, generator: torch.Generator) -> Params:
+    """One seed's initial parameters (on CPU, float32), drawn from `generator` in a fixed order."""
+    shapes = {k: p.shape for k, p in model.named_parameters()}
+    params = type(model).init(shapes, generator)
+    assert {k: v.shape for k, v in params.items()} == shapes
+    return {k: v.float() for k, v in params.items()}
+
+
+def init_population(model: nn.Module, seeds: list[int]) -> Params:
+    """Stacked initial parameters (S, *shape): each seed's own, as if initialised alone."""
+    per_seed = [init_params(model, torch.Generator().manual_seed(s)) for s in seeds]
+    return {k: torch.stack([p[k] for p in per_seed]) for k in per_seed[0]}

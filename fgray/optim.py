@@ -1,0 +1,44 @@
+"""Optimizers fed with an estimated gradient: any torch optimizer works with any estimator.
+
+Parameters are stacked over seeds, and SGD and Adam act elementwise, so one optimizer over the stacked
+tensors updates every seed exactly as its own optimizer would. Seeds that have stopped are held still
+by restoring their values after the step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fgray.config import TrainConfig
+from fgray.models import Params
+
+
+def build_optimizer(config: TrainConfig, params: Params) -> torch.optim.Optimizer:
+    tensors = list(params.values())
+    if config.optimizer == "adam":
+        return torch.optim.Adam(tensors, lr=config.lr)
+    return torch.optim.SGD(tensors, lr=config.lr, momentum=config.momentum)
+
+
+@torch.no_grad()
+def masked_step(optimizer: torch.optim.Optimizer, params: Params, grads: Params,
+                active: np.ndarray) -> None:
+    """One optimizer step that changes only the seeds where `active` is True."""
+    frozen = None
+    if not active.all():
+        frozen = {k: p.clone() for k, p in params.items()}
+    for k, p in params.items():
+        p.grad = grads[k]
+    optimizer.step()
+    if frozen is not None:
+        mask = torch.as_tensor(active, device=next(iter(params.values())).device)
+        for k, p in params.items():
+            p.copy_(torch.where(_per_seed(mask, p), p, frozen[k]))
+    for p in params.values():
+        p.grad = None
+
+
+def _per_seed(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.reshape(-1, *([1] * (like.dim() - 1)))

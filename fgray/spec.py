@@ -1,0 +1,551 @@
+"""Sweep specs: one YAML file states everything a seed experiment runs, checked before launch.
+
+A spec names the experiment, where it is stored, the trial settings and the seeds::
+
+    name: lr-vs-method            # [A-Za-z0-9_.-]+, the experiment directory under storage
+    storage: ~/fgray-results      # local path (relative: to the working directory) or s3://...
+    base: {model: mlp, max_iters: 2000}        # TrainConfig options shared by every trial
+    variants: [{method: backprop}, {method: forward, tangents: 4}]   # default [{}]
+    grid: {lr: [0.01, 0.05, 0.1]}              # cartesian product, first key slowest
+    seeds: 1000                   # N (seeds 0..N-1), a list [3, 5, 8] or a range "0-999"
+    seeds_per_trial: auto         # or an int: seeds trained together in one Ray trial
+    resources: {cpu: 1, gpu: 0}   # per trial; fractions allowed
+    max_concurrent: null          # Ray Tune's cap on running trials (null: no cap)
+    scheduler: fifo               # fifo | asha
+    max_failures: 3               # retries of a failed trial
+    checkpoint_every: 100         # iterations between checkpoints
+    report_every: 50              # iterations between reports to Ray Tune
+
+Each trial group's config is ``TrainConfig.from_dict({**base, **variant, **grid_point})``: a variant
+overrides base, and a grid point overrides both (so a key may appear in all three; the grid wins).
+Every group is then split into trials of ``seeds_per_trial`` seeds, in ascending seed order.
+
+Everything is checked by :func:`parse_spec` so a sweep never fails halfway through on a typo: every
+error is a :class:`SpecError` whose message names the file and the key, and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from fgray.config import MODELS, TEST_FUNCTIONS, ConfigError, TrainConfig, field_names, field_types
+
+MAX_SEEDS = 1_000_000
+MAX_GROUPS = 100_000  # distinct trial configs (variants x grid points)
+MAX_TRIALS = 100_000  # Ray trials after splitting the seeds
+MAX_SEED = 2**63 - 1  # seeds and integer options are stored in int64 Parquet columns
+SCHEDULERS = ("fifo", "asha")
+RESOURCES = ("cpu", "gpu")
+MAX_RESOURCE = 1_000_000
+RAY_PRECISION = 0.0001  # Ray rounds resource requests to this unit; smaller non-zero ones fail
+
+# Seeds trained together in one trial when seeds_per_trial is "auto". The loop trains a trial's
+# seeds as one vectorised population, so tiny models amortise per-step overhead over many seeds,
+# while the CNN's activations grow with the population and one seed per trial keeps memory flat.
+AUTO_SEEDS_PER_TRIAL = {"logreg": 256, "mlp": 64, "cnn": 1, **{f: 256 for f in TEST_FUNCTIONS}}
+
+TOP_LEVEL = (
+    "name",
+    "storage",
+    "base",
+    "grid",
+    "variants",
+    "seeds",
+    "seeds_per_trial",
+    "resources",
+    "max_concurrent",
+    "scheduler",
+    "max_failures",
+    "checkpoint_every",
+    "report_every",
+)
+REQUIRED = ("name", "storage", "seeds")
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.+)", re.DOTALL)
+_SEED_RANGE = re.compile(r"\s*(\d{1,30})\s*-\s*(\d{1,30})\s*", re.ASCII)
+_DOCUMENT = "(document)"
+_FILE = "(file)"
+
+
+class SpecError(ValueError):
+    """A sweep spec is wrong; the message names the file and the key and says what is allowed."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        super().__init__(f"{source}: {key}: {message}")
+        self.source = source
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One Ray trial: a config and the seeds it trains together."""
+
+    name: str  # "g003-s00032-00063": group index, first and last seed; unique in the sweep
+    group: str  # "model=mlp lr=0.05": the options that vary across the sweep ("all" if none)
+    config: TrainConfig
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: build it with :func:`load_spec` or :func:`parse_spec`."""
+
+    name: str
+    storage: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    variants: list[dict[str, Any]]
+    seeds: tuple[int, ...]
+    seeds_per_trial: int | str = "auto"
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    max_concurrent: int | None = None
+    scheduler: str = "fifo"
+    max_failures: int = 3
+    checkpoint_every: int = 100
+    report_every: int = 50
+    source: str = "<spec>"
+
+    def experiment_uri(self) -> str:
+        """Where the experiment lives: storage/name, local paths made absolute (from the cwd)."""
+        uri = _URI.fullmatch(self.storage)
+        if uri:  # keep the scheme's "//" (and file:///'s third slash), drop trailing ones
+            return f"{uri[1]}://{uri[2].rstrip('/')}/{self.name}"
+        root = os.path.abspath(os.path.expanduser(self.storage))
+        return os.path.join(root, self.name)
+
+    def trials(self) -> list[TrialPlan]:
+        """Every trial of the sweep, in a stable order: variants, then grid points, then seeds."""
+        groups = _groups(self)
+        group_width = max(3, len(str(len(groups) - 1)))
+        seed_width = max(5, len(str(max(self.seeds))))
+        plans = []
+        for index, (config, label) in enumerate(groups):
+            for chunk in _chunks(self.seeds, _per_trial(self.seeds_per_trial, config, self.seeds)):
+                first, last = (f"{seed:0{seed_width}d}" for seed in (chunk[0], chunk[-1]))
+                name = f"g{index:0{group_width}d}-s{first}-{last}"
+                plans.append(TrialPlan(name=name, group=label, config=config, seeds=chunk))
+        return plans
+
+
+def auto_seeds_per_trial(model: str, n_seeds: int) -> int:
+    """Seeds per trial for seeds_per_trial: auto, by model size (see AUTO_SEEDS_PER_TRIAL)."""
+    if model not in AUTO_SEEDS_PER_TRIAL:
+        raise ConfigError("model", f"{model!r} is not one of {', '.join(MODELS)}")
+    if n_seeds < 1:
+        raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
+    return min(AUTO_SEEDS_PER_TRIAL[model], n_seeds)
+
+
+# -- loading -------------------------------------------------------------------------------------
+def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
+    """Read and validate a sweep file; every problem is a SpecError naming the file and key."""
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise SpecError(source, _FILE, "no such file") from None
+    except IsADirectoryError:
+        raise SpecError(source, _FILE, "is a directory, not a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(source, _FILE, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise SpecError(source, _FILE, f"cannot read: {e.strerror or e}") from None
+    try:
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)  # nodes only: nothing is constructed
+        document = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = e.problem or e.context or "invalid YAML"
+        raise SpecError(source, _DOCUMENT, f"YAML syntax error at {where}: {problem}") from None
+    except yaml.YAMLError as e:
+        raise SpecError(source, _DOCUMENT, f"invalid YAML: {e}") from None
+    except RecursionError:
+        raise SpecError(source, _DOCUMENT, "YAML nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. a date like 2020-13-45
+        raise SpecError(source, _DOCUMENT, f"YAML value cannot be read: {e}") from None
+    _reject_duplicate_keys(source, tree)
+    return parse_spec(document, source)
+
+
+def _reject_duplicate_keys(source: str, root: yaml.Node | None) -> None:
+    # safe_load keeps the last of two equal keys, so a repeated `grid:` would silently drop one.
+    # The composed node tree (no objects constructed) still has both, with their lines.
+    stack: list[tuple[yaml.Node | None, str]] = [(root, "")]
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+                where = f"{path}.{name}" if path else name
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    line = key.start_mark.line + 1
+                    if (key.tag, key.value) in lines:
+                        first = lines[(key.tag, key.value)]
+                        message = f"key repeated on line {line} (first on line {first})"
+                        raise SpecError(source, where, message)
+                    lines[(key.tag, key.value)] = line
+                stack += [(key, where), (value, where)]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+
+
+# -- validation ----------------------------------------------------------------------------------
+def parse_spec(document: object, source: str) -> SweepSpec:
+    """Validate an already-parsed YAML document; raises only SpecError, naming source and key."""
+    if document is None:
+        raise SpecError(source, _DOCUMENT, f"empty; a spec needs at least {', '.join(REQUIRED)}")
+    if not isinstance(document, dict):
+        raise SpecError(
+            source, _DOCUMENT, f"must be a mapping of {', '.join(TOP_LEVEL)}; got {_kind(document)}"
+        )
+    for key in document:
+        if key not in TOP_LEVEL:
+            raise SpecError(source, _key(key), f"unknown key; allowed: {', '.join(TOP_LEVEL)}")
+    for key in REQUIRED:
+        if key not in document:
+            raise SpecError(source, key, "required")
+
+    def err(key: str, message: str) -> SpecError:
+        return SpecError(source, key, message)
+
+    name = document["name"]
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise err("name", f"must be letters, digits, '_', '.' or '-', got {_show(name)}")
+    if name[0] in "._":  # pyarrow's dataset discovery skips such names as hidden or temporary
+        raise err("name", f"must not start with '.' or '_', got {_show(name)}")
+    if len(name) > 200:
+        raise err("name", f"must be at most 200 characters, got {len(name)}")
+    storage = document["storage"]
+    if not isinstance(storage, str) or not storage.strip() or "\0" in storage:
+        raise err(
+            "storage",
+            f"must be a local path or a URI like s3://bucket/prefix, got {_show(storage)}",
+        )
+    if "://" in storage and not _URI.fullmatch(storage):
+        raise err("storage", f"not a valid URI (scheme://location), got {_show(storage)}")
+
+    base = _options(err, "base", document.get("base"))
+    grid = _grid(err, document.get("grid"))
+    variants = _variants(err, document.get("variants"))
+    seeds = _seeds(err, document["seeds"])
+
+    per_trial = document.get("seeds_per_trial", "auto")
+    if not (isinstance(per_trial, str) and per_trial == "auto"):
+        per_trial = _int(err, "seeds_per_trial", per_trial, 1, 'an integer >= 1 or "auto"')
+    max_concurrent = document.get("max_concurrent")
+    if max_concurrent is not None:
+        max_concurrent = _int(err, "max_concurrent", max_concurrent, 1, "an integer >= 1 or null")
+    scheduler = document.get("scheduler", "fifo")
+    if not isinstance(scheduler, str) or scheduler not in SCHEDULERS:
+        raise err("scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {_show(scheduler)}")
+
+    spec = SweepSpec(
+        name=name,
+        storage=storage,
+        base=base,
+        grid=grid,
+        variants=variants,
+        seeds=seeds,
+        seeds_per_trial=per_trial,
+        resources=_resources(err, document.get("resources", {})),
+        max_concurrent=max_concurrent,
+        scheduler=scheduler,
+        max_failures=_int(err, "max_failures", document.get("max_failures", 3), 0),
+        checkpoint_every=_int(err, "checkpoint_every", document.get("checkpoint_every", 100), 1),
+        report_every=_int(err, "report_every", document.get("report_every", 50), 1),
+        source=source,
+    )
+    groups = _groups(spec)  # builds and validates every trial config
+    configs = [config for config, _ in groups]
+    if spec.resources["gpu"] == 0 and any(c.device == "cuda" for c in configs):
+        raise err(
+            "resources.gpu", "is 0 but trials use device cuda; Ray hides GPUs from such trials"
+        )
+    n_trials = sum(math.ceil(len(seeds) / _per_trial(per_trial, c, seeds)) for c in configs)
+    if n_trials > MAX_TRIALS:
+        raise err(
+            "seeds_per_trial",
+            f"the sweep would have {n_trials} trials, more than {MAX_TRIALS}; "
+            "train more seeds per trial or fewer seeds",
+        )
+    return spec
+
+
+def _options(err: Any, section: str, value: object) -> dict[str, Any]:
+    """A mapping of TrainConfig options, each value checked on its own (ranges come later)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise err(section, f"must be a mapping of TrainConfig options, got {_kind(value)}")
+    for key, option in value.items():
+        _check_key(err, section, key)
+        _check_value(err, f"{section}.{key}", key, option)
+    return dict(value)
+
+
+def _grid(err: Any, value: object) -> dict[str, list[Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise err("grid", f"must be a mapping of option -> list of values, got {_kind(value)}")
+    grid = {}
+    for key, values in value.items():
+        _check_key(err, "grid", key)
+        where = f"grid.{key}"
+        if not isinstance(values, list) or not values:
+            raise err(where, f"must be a non-empty list of values, got {_show(values)}")
+        first_index: dict[Any, int] = {}
+        for i, option in enumerate(values):
+            _check_value(err, f"{where}[{i}]", key, option)
+            if option in first_index:  # 1 and 1.0 count as the same value, as in TrainConfig
+                raise err(
+                    f"{where}[{i}]", f"{_show(option)} repeats {where}[{first_index[option]}]"
+                )
+            first_index[option] = i
+        grid[key] = list(values)
+    return grid
+
+
+def _variants(err: Any, value: object) -> list[dict[str, Any]]:
+    if value is None:
+        return [{}]
+    if not isinstance(value, list) or not value:
+        raise err("variants", f"must be a non-empty list of option mappings, got {_show(value)}")
+    return [_options(err, f"variants[{i}]", variant) for i, variant in enumerate(value)]
+
+
+def _check_key(err: Any, section: str, key: object) -> None:
+    if not isinstance(key, str) or key not in field_names():
+        raise err(f"{section}.{_key(key)}", f"unknown option; allowed: {', '.join(field_names())}")
+
+
+_TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def _check_value(err: Any, where: str, key: str, value: object) -> None:
+    """Type, choices and int64 range of one option value, so the error names where it was set."""
+    annotation = field_types()[key]
+    optional = annotation.endswith("| None")
+    kind = annotation.replace("| None", "").strip()
+    wanted = _TYPE_NAMES[kind] + (" or null" if optional else "")
+    if value is None:
+        if optional:
+            return
+        raise err(where, f"must be {wanted}, not null")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": number and isinstance(value, int),
+        "float": number,
+    }[kind]
+    if not ok:
+        hint = ""
+        if kind in ("int", "float") and isinstance(value, str) and _is_number(value):
+            hint = " (quoted, or YAML read it as text: write 1.0e-3, not 1e-3)"
+        raise err(where, f"must be {wanted}, got {_kind(value)} {_show(value)}{hint}")
+    if kind == "float" and isinstance(value, float) and not math.isfinite(value):
+        raise err(where, f"must be a finite number, got {value}")
+    if kind in ("int", "float") and isinstance(value, int) and abs(value) > MAX_SEED:
+        raise err(where, f"{_show(value)} is too large (at most {MAX_SEED})")
+    choices = _CHOICES.get(key)
+    if choices and value not in choices:
+        raise err(where, f"{_show(value)} is not one of {', '.join(choices)}")
+
+
+_CHOICES = {
+    f.name: f.metadata["choices"] for f in dataclasses.fields(TrainConfig) if f.metadata["choices"]
+}
+
+
+def _seeds(err: Any, value: object) -> tuple[int, ...]:
+    """N (seeds 0..N-1), a list of distinct seeds, or "a-b" (inclusive); returned sorted."""
+    if isinstance(value, bool):
+        raise err("seeds", f'must be a count, a list of seeds or a range like "0-31", got {value}')
+    if isinstance(value, int):
+        if not 1 <= value <= MAX_SEEDS:
+            raise err("seeds", f"count must be between 1 and {MAX_SEEDS}, got {_show(value)}")
+        return tuple(range(value))
+    if isinstance(value, str):
+        match = _SEED_RANGE.fullmatch(value)
+        if not match:
+            raise err(
+                "seeds",
+                f'a range must look like "0-31" (first-last, inclusive), got {_show(value)}',
+            )
+        first, last = int(match[1]), int(match[2])
+        if first > last:
+            raise err("seeds", f"range {value!r} is empty: {first} > {last}")
+        if last - first + 1 > MAX_SEEDS:
+            raise err(
+                "seeds", f"range {value!r} has {last - first + 1} seeds, more than {MAX_SEEDS}"
+            )
+        if last > MAX_SEED:
+            raise err("seeds", f"seeds must be at most {MAX_SEED}, got {last}")
+        return tuple(range(first, last + 1))
+    if isinstance(value, list):
+        if not value:
+            raise err("seeds", "must not be an empty list")
+        if len(value) > MAX_SEEDS:
+            raise err("seeds", f"{len(value)} seeds, more than {MAX_SEEDS}")
+        first_index: dict[int, int] = {}
+        for i, seed in enumerate(value):
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                raise err(
+                    f"seeds[{i}]", f"must be an integer in [0, {MAX_SEED}], got {_show(seed)}"
+                )
+            if seed in first_index:
+                raise err(f"seeds[{i}]", f"seed {seed} repeats seeds[{first_index[seed]}]")
+            first_index[seed] = i
+        return tuple(sorted(value))
+    raise err(
+        "seeds", f'must be a count, a list of seeds or a range like "0-31", got {_kind(value)}'
+    )
+
+
+def _resources(err: Any, value: object) -> dict[str, float]:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise err("resources", f"must be a mapping like {{cpu: 1, gpu: 0.5}}, got {_show(value)}")
+    resources = {"cpu": 1.0, "gpu": 0.0}
+    for key, amount in value.items():
+        where = f"resources.{_key(key)}"
+        if key not in RESOURCES:
+            raise err(where, f"unknown resource; allowed: {', '.join(RESOURCES)}")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise err(where, f"must be a number, got {_kind(amount)} {_show(amount)}")
+        if isinstance(amount, float) and not math.isfinite(amount):
+            raise err(where, f"must be a finite number, got {amount}")
+        if amount > MAX_RESOURCE:
+            raise err(
+                where, f"{_show(amount)} is more than any machine has (at most {MAX_RESOURCE})"
+            )
+        low = "> 0" if key == "cpu" else ">= 0"
+        if amount < 0 or (key == "cpu" and amount == 0):
+            raise err(where, f"must be {low}, got {_show(amount)}")
+        if 0 < amount < RAY_PRECISION:
+            raise err(where, f"{amount} is below Ray's resource precision {RAY_PRECISION}")
+        if key == "gpu" and amount > 1 and amount != int(amount):
+            raise err(where, f"{amount}: above 1, Ray needs whole GPUs (fractions only below 1)")
+        resources[key] = float(amount)
+    return resources
+
+
+def _int(err: Any, key: str, value: object, minimum: int, wanted: str | None = None) -> int:
+    wanted = wanted or f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise err(key, f"must be {wanted}, got {_show(value)}")
+    if value > MAX_SEED:
+        raise err(key, f"{_show(value)} is too large (at most {MAX_SEED})")
+    return value
+
+
+# -- expansion -----------------------------------------------------------------------------------
+def _groups(spec: SweepSpec) -> list[tuple[TrainConfig, str]]:
+    """Each distinct trial config and its group label; variants outermost, grid keys in order."""
+
+    def err(key: str, message: str) -> SpecError:
+        return SpecError(spec.source, key, message)
+
+    n_groups = len(spec.variants) * math.prod(len(values) for values in spec.grid.values())
+    if n_groups > MAX_GROUPS:
+        raise err("grid", f"variants x grid give {n_groups} trial configs, more than {MAX_GROUPS}")
+    keys = list(spec.grid)
+    configs: dict[TrainConfig, str] = {}  # config -> where it came from, for duplicate messages
+    for i, variant in enumerate(spec.variants):
+        for point in itertools.product(*(spec.grid[k] for k in keys)):
+            grid_point = dict(zip(keys, point, strict=True))
+            origin = {k: f"base.{k}" for k in spec.base}
+            origin.update({k: f"variants[{i}].{k}" for k in variant})
+            origin.update({k: f"grid.{k}" for k in grid_point})
+            context = []
+            if len(spec.variants) > 1:
+                context.append(f"variants[{i}]")
+            if grid_point:
+                context.append(
+                    "grid point " + " ".join(f"{k}={_label(v)}" for k, v in grid_point.items())
+                )
+            where = f" (in {', '.join(context)})" if context else ""
+            try:
+                config = TrainConfig.from_dict({**spec.base, **variant, **grid_point})
+            except ConfigError as e:
+                message = str(e)[len(e.key) + 2 :]
+                raise err(origin.get(e.key, e.key), message + where) from None
+            if config in configs:
+                raise err(
+                    f"variants[{i}]",
+                    f"gives the same trial config as {configs[config]}{where}; "
+                    "drop it or change an option the grid does not override",
+                )
+            configs[config] = f"variants[{i}]"
+    varying = [name for name in field_names() if len({getattr(c, name) for c in configs}) > 1]
+    labels = []
+    for config in configs:
+        label = " ".join(f"{name}={_label(getattr(config, name))}" for name in varying)
+        labels.append((config, label or "all"))
+    return labels
+
+
+def _per_trial(seeds_per_trial: int | str, config: TrainConfig, seeds: tuple[int, ...]) -> int:
+    if seeds_per_trial == "auto":
+        return auto_seeds_per_trial(config.model, len(seeds))
+    return min(int(seeds_per_trial), len(seeds))
+
+
+def _chunks(seeds: tuple[int, ...], size: int) -> list[tuple[int, ...]]:
+    return [seeds[i : i + size] for i in range(0, len(seeds), size)]
+
+
+# -- messages ------------------------------------------------------------------------------------
+def _label(value: object) -> str:
+    """A value as it appears in a group label: YAML-like, quoted if it has spaces or '='."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value) if not isinstance(value, float) else repr(value)
+    if isinstance(value, str) and (not value or re.search(r"[\s=\"']", value)):
+        return repr(value)
+    return text
+
+
+def _key(key: object) -> str:
+    return key if isinstance(key, str) and key else _show(key)
+
+
+def _kind(value: object) -> str:
+    names = {dict: "a mapping", list: "a list", str: "text", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _show(value: object, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # a self-referencing YAML alias, a 5000-digit int
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False

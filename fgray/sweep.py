@@ -1,0 +1,372 @@
+"""Launching, resuming and inspecting sweeps on Ray Tune.
+
+A sweep spec expands into trial plans (a config and a population of seeds each). `launch` checks
+everything it can before Ray starts (storage writable, experiment new or overwritten, GPUs present),
+writes a manifest of the plans beside Tune's own state, and runs one Tune trial per plan. `resume`
+restores the Tune experiment (finished trials stay finished, unfinished ones continue from their
+checkpoints, errored ones are retried) and then re-runs any plan whose results are missing or damaged,
+so every seed ends up in the results exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow.fs as pafs
+
+from fgray import results
+from fgray.config import TrainConfig
+from fgray.spec import SweepSpec, TrialPlan
+
+MANIFEST = "fgray-sweep.json"
+LOCK = "fgray.lock"
+REPAIR_PREFIX = "repair-"
+# Tune saves its experiment state at most this often (seconds): with hundreds of trials the default
+# adaptive period still rewrites a growing JSON file many times a minute.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "30")
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start or continue; the message says why and what to run instead."""
+
+
+@dataclass
+class Manifest:
+    """What a sweep is, saved next to its results so resume and status need no spec file."""
+
+    name: str
+    experiment_uri: str
+    storage: str
+    plans: list[dict[str, Any]]
+    resources: dict[str, float]
+    max_concurrent: int | None
+    scheduler: str
+    max_failures: int
+    spec_source: str = ""
+    repairs: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec: SweepSpec) -> Manifest:
+        uri = spec.experiment_uri()
+        plans = [trial_payload(spec, plan, uri) for plan in spec.trials()]
+        return cls(spec.name, uri, spec.storage, plans, dict(spec.resources), spec.max_concurrent,
+                   spec.scheduler, spec.max_failures, spec.source)
+
+    def save(self) -> None:
+        loc = results.locate(self.experiment_uri)
+        loc.fs.create_dir(loc.path, recursive=True)
+        with loc.fs.open_output_stream(loc.join(MANIFEST).path) as out:
+            out.write(json.dumps(self.__dict__, indent=1).encode())
+
+    @classmethod
+    def load(cls, experiment_uri: str) -> Manifest:
+        loc = results.locate(experiment_uri).join(MANIFEST)
+        try:
+            with loc.fs.open_input_stream(loc.path) as stream:
+                return cls(**json.loads(stream.read()))
+        except FileNotFoundError:
+            raise SweepError(f"{experiment_uri} is not an fgray experiment (no {MANIFEST}); pass "
+                             "the directory that `fgray sweep` printed") from None
+        except (ValueError, TypeError) as exc:
+            raise SweepError(f"{loc.uri} is damaged ({exc}); re-run the sweep with "
+                             "`fgray sweep SPEC --overwrite`") from None
+
+
+def trial_payload(spec: SweepSpec, plan: TrialPlan, experiment_uri: str) -> dict[str, Any]:
+    """Everything a trial needs, as plain JSON-able values (Tune stores it in its state)."""
+    config = plan.config
+    if spec.resources.get("gpu", 0) > 0:
+        config = config.replace(device="cuda")
+    return {
+        "name": plan.name,
+        "group": plan.group,
+        "experiment": spec.name,
+        "experiment_uri": experiment_uri,
+        "config": config.to_dict(),
+        "seeds": list(plan.seeds),
+        "threads": max(1, int(spec.resources.get("cpu", 1))),
+        "report_every": spec.report_every,
+        "checkpoint_every": spec.checkpoint_every,
+    }
+
+
+# -- checks before launch --------------------------------------------------------------------
+def check_writable(uri: str) -> None:
+    """Create the directory and a probe file, or fail with a message naming the path."""
+    try:
+        loc = results.locate(uri)
+        loc.fs.create_dir(loc.path, recursive=True)
+        probe = loc.join(f"_probe-{os.getpid()}")
+        with loc.fs.open_output_stream(probe.path) as out:
+            out.write(b"ok")
+        loc.fs.delete_file(probe.path)
+    except (OSError, ValueError) as exc:
+        raise SweepError(f"storage {uri} is not writable ({exc}); choose another `storage` in the "
+                         "spec or fix its permissions") from None
+
+
+def experiment_exists(uri: str) -> bool:
+    loc = results.locate(uri)
+    info = loc.fs.get_file_info(loc.path)
+    if info.type == pafs.FileType.NotFound:
+        return False
+    return bool(loc.fs.get_file_info(pafs.FileSelector(loc.path)))
+
+
+@contextlib.contextmanager
+def experiment_lock(uri: str) -> Iterator[None]:
+    """One driver per experiment: a second `fgray sweep`/`resume` on it refuses to start."""
+    loc = results.locate(uri)
+    lock = loc.join(LOCK)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    if loc.fs.get_file_info(lock.path).type == pafs.FileType.File:
+        with loc.fs.open_input_stream(lock.path) as stream:
+            try:
+                holder = json.loads(stream.read())
+            except ValueError:
+                holder = {}
+        if _alive(holder):
+            raise SweepError(f"{uri} is in use by fgray pid {holder.get('pid')} on "
+                             f"{holder.get('host')}; wait for it to finish or stop it first")
+    loc.fs.create_dir(loc.path, recursive=True)
+    if lock.fs is not None and isinstance(lock.fs, pafs.LocalFileSystem):
+        # O_EXCL makes taking the lock atomic between two drivers on one machine.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock.path)
+        try:
+            fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise SweepError(f"{uri} is in use by another fgray process") from None
+        with os.fdopen(fd, "w") as out:
+            json.dump(me, out)
+    else:
+        with lock.fs.open_output_stream(lock.path) as out:
+            out.write(json.dumps(me).encode())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.fs.delete_file(lock.path)
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return bool(holder)  # another machine's driver: assume alive
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join a cluster (`address`, or RAY_ADDRESS) or start Ray on this machine, dashboard off."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(**kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
+
+
+def check_resources(manifest: Manifest) -> None:
+    """A GPU request on a GPU-less cluster would pend forever: refuse it up front."""
+    import ray
+
+    available = ray.cluster_resources()
+    gpu, cpu = manifest.resources.get("gpu", 0), manifest.resources.get("cpu", 1)
+    if gpu > 0 and available.get("GPU", 0) < gpu:
+        raise SweepError(f"each trial asks for gpu: {gpu} but the Ray cluster has "
+                         f"{available.get('GPU', 0):g} GPUs; set resources.gpu: 0 or add GPU nodes")
+    if cpu > available.get("CPU", 0):
+        raise SweepError(f"each trial asks for cpu: {cpu} but the Ray cluster has "
+                         f"{available.get('CPU', 0):g} CPUs; lower resources.cpu")
+
+
+# -- running ---------------------------------------------------------------------------------
+def _trainable(manifest: Manifest) -> Any:
+    """run_trial with every plan attached (Tune's config then holds only the plan's name, which is
+    what its progress table shows) and the spec's per-trial resources."""
+    from ray import tune
+
+    from fgray.trainable import run_trial
+
+    plans = {p["name"]: p for p in manifest.plans}
+    return tune.with_resources(tune.with_parameters(run_trial, plans=plans),
+                               {k: float(v) for k, v in manifest.resources.items()})
+
+
+def _scheduler(manifest: Manifest) -> Any:
+    if manifest.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = max(p["config"]["max_iters"] for p in manifest.plans)
+    return ASHAScheduler(time_attr="iteration", metric="median_train_loss", mode="min",
+                         max_t=max_t, grace_period=max(1, max_t // 16), reduction_factor=2)
+
+
+def _run_config(manifest: Manifest, name: str, verbose: int) -> Any:
+    from ray import tune
+
+    # The sweep's own Tune experiment is <storage>/<name>; repair runs nest inside it.
+    if name.startswith(REPAIR_PREFIX):
+        storage = manifest.experiment_uri
+    else:
+        storage = results.locate(manifest.storage).uri
+    return tune.RunConfig(
+        name=name, storage_path=storage, verbose=verbose,
+        failure_config=tune.FailureConfig(max_failures=manifest.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+    )
+
+
+def _tuner(manifest: Manifest, plans: list[dict[str, Any]], name: str, verbose: int) -> Any:
+    from ray import tune
+
+    return tune.Tuner(
+        _trainable(manifest),
+        param_space={"plan": tune.grid_search([p["name"] for p in plans])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=manifest.max_concurrent,
+            scheduler=_scheduler(manifest),
+            reuse_actors=True,
+            trial_name_creator=lambda trial: trial.config["plan"],
+            trial_dirname_creator=lambda trial: trial.config["plan"],
+        ),
+        run_config=_run_config(manifest, name, verbose),
+    )
+
+
+@dataclass
+class SweepOutcome:
+    experiment_uri: str
+    plans: int
+    complete: int
+    errored: dict[str, str]  # plan name -> error
+    corrupt: dict[str, str]
+
+    @property
+    def finished(self) -> bool:
+        return self.complete == self.plans
+
+
+def _fit(tuner: Any) -> dict[str, str]:
+    """Run the Tuner; return plan name -> error for trials that failed past max_failures."""
+    grid = tuner.fit()
+    errors = {}
+    for result in grid:
+        if result.error is not None and result.config:
+            errors[result.config["plan"]] = str(result.error).strip().splitlines()[-1]
+    return errors
+
+
+def _finish(manifest: Manifest, errors: dict[str, str]) -> SweepOutcome:
+    """Record error rows for failed plans and count what is complete."""
+    scan = results.scan(manifest.experiment_uri)
+    for plan in manifest.plans:
+        if plan["name"] in errors and plan["name"] not in scan.complete:
+            results.write_trial(manifest.experiment_uri, plan["name"],
+                                error_rows(plan, errors[plan["name"]]), pd.DataFrame())
+    scan = results.scan(manifest.experiment_uri)
+    complete = sum(1 for p in manifest.plans
+                   if p["name"] in scan.complete and p["name"] not in errors)
+    return SweepOutcome(manifest.experiment_uri, len(manifest.plans), complete, errors,
+                        scan.corrupt)
+
+
+def error_rows(plan: dict[str, Any], message: str) -> pd.DataFrame:
+    frame = pd.DataFrame({"seed": plan["seeds"]})
+    for key, value in plan["config"].items():
+        frame[key] = value
+    frame["experiment"], frame["trial_name"] = plan["experiment"], plan["name"]
+    frame["group"], frame["outcome"], frame["error"] = plan["group"], "error", message
+    frame["population_size"] = len(plan["seeds"])
+    return frame
+
+
+def launch(spec: SweepSpec, *, address: str | None = None, overwrite: bool = False,
+           num_cpus: int | None = None, verbose: int = 1) -> SweepOutcome:
+    """Start a new sweep from a validated spec and run it to the end."""
+    manifest = Manifest.from_spec(spec)
+    uri = manifest.experiment_uri
+    check_writable(results.locate(spec.storage).uri)
+    if experiment_exists(uri) and not overwrite:
+        raise SweepError(f"experiment {spec.name!r} already exists at {uri}; continue it with "
+                         f"`fgray resume {uri}` or start over with `fgray sweep {spec.source} "
+                         "--overwrite`")
+    with experiment_lock(uri):
+        if overwrite:
+            _clear(uri)
+        connect(address, num_cpus)
+        check_resources(manifest)
+        manifest.save()
+        errors = _fit(_tuner(manifest, manifest.plans, manifest.name, verbose))
+        return _finish(manifest, errors)
+
+
+def _clear(uri: str) -> None:
+    loc = results.locate(uri)
+    for info in loc.fs.get_file_info(pafs.FileSelector(loc.path)):
+        if info.base_name == LOCK:
+            continue
+        if info.type == pafs.FileType.Directory:
+            loc.fs.delete_dir(info.path)
+        else:
+            loc.fs.delete_file(info.path)
+
+
+def resume(experiment_uri: str, *, address: str | None = None, num_cpus: int | None = None,
+           verbose: int = 1) -> SweepOutcome:
+    """Continue an interrupted sweep, then re-run plans whose results are missing or damaged."""
+    from ray import tune
+
+    uri = results.locate(experiment_uri).uri
+    manifest = Manifest.load(uri)
+    with experiment_lock(uri):
+        connect(address, num_cpus)
+        check_resources(manifest)
+        errors: dict[str, str] = {}
+        if tune.Tuner.can_restore(uri):
+            tuner = tune.Tuner.restore(uri, trainable=_trainable(manifest),
+                                       resume_unfinished=True, resume_errored=True)
+            errors = _fit(tuner)
+        errors.update(_repair(manifest, set(errors), verbose))
+        return _finish(manifest, errors)
+
+
+def _repair(manifest: Manifest, failed: set[str], verbose: int) -> dict[str, str]:
+    """Run again, from scratch, every plan without a complete, readable, error-free result
+    (except those that just failed again in the restored run)."""
+    scan = results.scan(manifest.experiment_uri)
+    for part in scan.corrupt:
+        name = os.path.basename(part)[: -len(".parquet")]
+        results.remove_trial(manifest.experiment_uri, name)
+    scan = results.scan(manifest.experiment_uri)
+    missing = [p for p in manifest.plans if p["name"] not in failed
+               and (p["name"] not in scan.complete or p["name"] in scan.errored)]
+    if not missing:
+        return {}
+    manifest.repairs += 1
+    manifest.save()
+    name = f"{REPAIR_PREFIX}{manifest.repairs}"
+    return _fit(_tuner(manifest, missing, name, verbose))
