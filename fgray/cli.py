@@ -40,7 +40,8 @@ def parse_seeds(text: str) -> list[int]:
                 seeds.append(int(part))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a seed list; use e.g. 0-31 or 0,4,7 or 0-3,10-12") from None
+            f"{text!r} is not a seed list; use e.g. 0-31 or 0,4,7 or 0-3,10-12"
+        ) from None
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"{text!r}: seeds must be distinct and >= 0")
     if len(seeds) > 1_000_000:
@@ -60,40 +61,68 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
             continue
         kind = {"int": int, "float": float, "str": str}[base]
-        parser.add_argument(flag, dest=f.name, type=kind, default=default,
-                            choices=f.metadata.get("choices"), help=help_text,
-                            metavar=None if f.metadata.get("choices") else base.upper())
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=kind,
+            default=default,
+            choices=f.metadata.get("choices"),
+            help=help_text,
+            metavar=None if f.metadata.get("choices") else base.upper(),
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fgray", description="Forward gradient vs backprop: seeded runs and sweeps on Ray.")
+        prog="fgray", description="Forward gradient vs backprop: seeded runs and sweeps on Ray."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="train a population of seeds here, without Ray",
-                         description="Train one config for many seeds at once (no Ray).")
+    run = sub.add_parser(
+        "run",
+        help="train a population of seeds here, without Ray",
+        description="Train one config for many seeds at once (no Ray).",
+    )
     _add_config_flags(run)
-    run.add_argument("--seeds", type=parse_seeds, default=[0],
-                     help="seeds to train together, e.g. 0-31 (default: 0)")
-    run.add_argument("--threads", type=int, default=None,
-                     help="torch CPU threads (default: torch's choice)")
-    run.add_argument("--out", default=None, metavar="FILE.parquet",
-                     help="write the per-iteration history of every seed here")
+    run.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=[0],
+        help="seeds to train together, e.g. 0-31 (default: 0)",
+    )
+    run.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    run.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE.parquet",
+        help="write the per-iteration history of every seed here",
+    )
     run.add_argument("--quiet", action="store_true", help="no live progress line")
     run.set_defaults(handler=cmd_run)
 
-    sweep = sub.add_parser("sweep", help="run a sweep spec (sweeps/*.yaml) on Ray Tune",
-                           description="Run every trial of a sweep spec on Ray Tune.")
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a sweep spec (sweeps/*.yaml) on Ray Tune",
+        description="Run every trial of a sweep spec on Ray Tune.",
+    )
     sweep.add_argument("spec", help="sweep spec, e.g. sweeps/quickstart.yaml")
     _add_ray_flags(sweep)
-    sweep.add_argument("--overwrite", action="store_true",
-                       help="delete an existing experiment of the same name first")
+    sweep.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an existing experiment of the same name first",
+    )
     sweep.set_defaults(handler=cmd_sweep)
 
-    resume = sub.add_parser("resume", help="continue an interrupted sweep",
-                            description="Continue an interrupted or failed sweep: finished trials "
-                            "are kept, unfinished ones continue from checkpoints, errored and "
-                            "damaged ones run again.")
+    resume = sub.add_parser(
+        "resume",
+        help="continue an interrupted sweep",
+        description="Continue an interrupted or failed sweep: finished trials "
+        "are kept, unfinished ones continue from checkpoints, errored and "
+        "damaged ones run again.",
+    )
     resume.add_argument("path", help="the experiment directory or URI that `fgray sweep` printed")
     _add_ray_flags(resume)
     resume.set_defaults(handler=cmd_resume)
@@ -101,13 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_ray_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster to join ('auto' on a cluster node; default: RAY_ADDRESS "
-                        "or a local Ray on this machine)")
-    parser.add_argument("--num-cpus", type=int, default=None,
-                        help="CPUs for a local Ray (default: all)")
-    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                        help="Tune's progress output: 0 quiet, 1 status table, 2 every result")
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join ('auto' on a cluster node; default: RAY_ADDRESS "
+        "or a local Ray on this machine)",
+    )
+    parser.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)"
+    )
+    parser.add_argument(
+        "--verbose",
+        type=int,
+        default=1,
+        choices=(0, 1, 2),
+        help="Tune's progress output: 0 quiet, 1 status table, 2 every result",
+    )
 
 
 # -- fgray run ---------------------------------------------------------------------------------
@@ -133,8 +171,10 @@ class Progress:
         best = f"{loss.min():.4g}" if loss.size else "-"
         median = f"{np.median(loss):.4g}" if loss.size else "-"
         done = int((~trainer.running).sum())
-        line = (f"iter {trainer.iteration:>7}  loss best {best:>9} median {median:>9}  "
-                f"seeds done {done}/{trainer.population}  {now - self.start:7.1f}s")
+        line = (
+            f"iter {trainer.iteration:>7}  loss best {best:>9} median {median:>9}  "
+            f"seeds done {done}/{trainer.population}  {now - self.start:7.1f}s"
+        )
         sys.stderr.write(f"\r{line} " if self.tty else f"{line}\n")
         sys.stderr.flush()
 
@@ -149,21 +189,29 @@ def summary_table(frame: Any) -> str:
 
     lines = []
     counts = frame["outcome"].value_counts()
-    lines.append("outcome   " + "  ".join(f"{k} {int(counts.get(k, 0))}"
-                                          for k in ("reached", "censored", "diverged")))
+    lines.append(
+        "outcome   "
+        + "  ".join(f"{k} {int(counts.get(k, 0))}" for k in ("reached", "censored", "diverged"))
+    )
     reached = frame[frame["outcome"] == "reached"]
     if len(reached):
         for col, fmt in (("iterations_to_threshold", "{:.0f}"), ("seconds_to_threshold", "{:.4f}")):
             q = np.percentile(reached[col].astype(float), [0, 10, 50, 90, 100])
-            lines.append(f"{col:<24} min {fmt.format(q[0])}  p10 {fmt.format(q[1])}  median "
-                         f"{fmt.format(q[2])}  p90 {fmt.format(q[3])}  max {fmt.format(q[4])}")
+            lines.append(
+                f"{col:<24} min {fmt.format(q[0])}  p10 {fmt.format(q[1])}  median "
+                f"{fmt.format(q[2])}  p90 {fmt.format(q[3])}  max {fmt.format(q[4])}"
+            )
     if len(frame) <= 32:
-        lines.append(f"{'seed':>6} {'outcome':>9} {'iters':>7} {'seconds':>9} {'train_loss':>10} "
-                     f"{'test_loss':>9} {'test_acc':>8}")
+        lines.append(
+            f"{'seed':>6} {'outcome':>9} {'iters':>7} {'seconds':>9} {'train_loss':>10} "
+            f"{'test_loss':>9} {'test_acc':>8}"
+        )
         for r in frame.itertuples():
-            lines.append(f"{r.seed:>6} {r.outcome:>9} {r.iterations_run:>7} "
-                         f"{r.train_seconds:>9.4f} {r.final_train_loss:>10.4g} "
-                         f"{r.final_test_loss:>9.4g} {_fmt(r.final_test_accuracy):>8}")
+            lines.append(
+                f"{r.seed:>6} {r.outcome:>9} {r.iterations_run:>7} "
+                f"{r.train_seconds:>9.4f} {r.final_train_loss:>10.4g} "
+                f"{r.final_test_loss:>9.4g} {_fmt(r.final_test_accuracy):>8}"
+            )
     return "\n".join(lines)
 
 
@@ -201,8 +249,10 @@ def _report_sweep(outcome: Any) -> int:
     uri = outcome.experiment_uri
     print(f"experiment: {uri}")
     print(f"trials complete: {outcome.complete}/{outcome.plans}")
-    print(f"results: {uri}/results/trials and {uri}/results/history "
-          "(fgray.results.load or pandas.read_parquet)")
+    print(
+        f"results: {uri}/results/trials and {uri}/results/history "
+        "(fgray.results.load or pandas.read_parquet)"
+    )
     for name, error in outcome.errored.items():
         print(f"  trial {name} failed: {error}")
     for part, why in outcome.corrupt.items():
@@ -233,17 +283,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fgray.spec import load_spec
 
     spec = load_spec(args.spec)
-    return _with_resume_hint(spec.experiment_uri(), lambda: sweep.launch(
-        spec, address=args.address, overwrite=args.overwrite, num_cpus=args.num_cpus,
-        verbose=args.verbose))
+    return _with_resume_hint(
+        spec.experiment_uri(),
+        lambda: sweep.launch(
+            spec,
+            address=args.address,
+            overwrite=args.overwrite,
+            num_cpus=args.num_cpus,
+            verbose=args.verbose,
+        ),
+    )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from fgray import results, sweep
 
     uri = results.locate(args.path).uri
-    return _with_resume_hint(uri, lambda: sweep.resume(
-        uri, address=args.address, num_cpus=args.num_cpus, verbose=args.verbose))
+    return _with_resume_hint(
+        uri,
+        lambda: sweep.resume(
+            uri, address=args.address, num_cpus=args.num_cpus, verbose=args.verbose
+        ),
+    )
 
 
 # -- entry point -------------------------------------------------------------------------------

@@ -49,11 +49,14 @@ class TrainConfig:
     momentum: float = _opt(0.0, "SGD momentum")
     threshold: float = _opt(0.2, "a seed is done when its full training-set loss falls below this")
     max_iters: int = _opt(1000, "iteration cap; seeds not at threshold by then are censored")
-    max_seconds: float | None = _opt(None, "training-time cap per run in seconds (censors the rest)")
+    max_seconds: float | None = _opt(
+        None, "training-time cap per run in seconds (censors the rest)"
+    )
     batch_size: int | None = _opt(None, "mini-batch size (default: full batch)")
     eval_every: int = _opt(10, "evaluate on the test set every this many iterations")
-    data: str = _opt("auto", "data set (auto: penguins for logreg/mlp, mnist-t10k for cnn)",
-                     ("auto",) + DATASETS)
+    data: str = _opt(
+        "auto", "data set (auto: penguins for logreg/mlp, mnist-t10k for cnn)", ("auto",) + DATASETS
+    )
     data_seed: int = _opt(0, "seed of the train/test split, independent of the training seed")
     test_fraction: float = _opt(0.2, "penguins: fraction of rows held out for testing")
     train_size: int = _opt(500, "mnist: training images")
@@ -66,7 +69,11 @@ class TrainConfig:
         # YAML and argparse give ints for floats ("lr: 1"); store floats so columns keep one type.
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+            if (
+                f.type.startswith("float")
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+            ):
                 object.__setattr__(self, f.name, float(value))
         self.validate()
 
@@ -96,8 +103,10 @@ class TrainConfig:
             raise ConfigError("test_fraction", f"{self.test_fraction} must be in (0, 1)")
         data = self.resolved_data
         if self.model in TEST_FUNCTIONS and data != "none":
-            raise ConfigError("data", f"{self.model} is a test function and takes no data "
-                              "(leave data at auto or none)")
+            raise ConfigError(
+                "data",
+                f"{self.model} is a test function and takes no data (leave data at auto or none)",
+            )
         if self.model not in TEST_FUNCTIONS:
             wants = "mnist" if self.model == "cnn" else "penguins"
             if not data.startswith(wants):

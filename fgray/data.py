@@ -1,8 +1,8 @@
-"""Data sets as tensors on one device: Palmer penguins, MNIST through torchvision, and the MNIST test
-split shipped inside the package (the offline default for the CNN).
+"""Data sets as tensors on one device: Palmer penguins, MNIST through torchvision, and the MNIST
+test split shipped inside the package (the offline default for the CNN).
 
-Every loader returns the same `Dataset` and fails with a `DataError` whose one-line message names the
-path and what to do, because a missing file is the commonest first-run problem.
+Every loader returns the same `Dataset` and fails with a `DataError` whose one-line message names
+the path and what to do, because a missing file is the commonest first-run problem.
 """
 
 from __future__ import annotations
@@ -45,8 +45,14 @@ class Dataset:
     num_classes: int
 
     def to(self, device: str | torch.device) -> Dataset:
-        return Dataset(self.name, self.x_train.to(device), self.y_train.to(device),
-                       self.x_test.to(device), self.y_test.to(device), self.num_classes)
+        return Dataset(
+            self.name,
+            self.x_train.to(device),
+            self.y_train.to(device),
+            self.x_test.to(device),
+            self.y_test.to(device),
+            self.num_classes,
+        )
 
 
 def load_data(config: TrainConfig) -> Dataset | None:
@@ -59,8 +65,9 @@ def load_data(config: TrainConfig) -> Dataset | None:
     elif name == "mnist-t10k":
         data = mnist_t10k(config.data_seed, config.train_size, config.test_size)
     else:
-        data = mnist(config.data_root, config.download, config.data_seed, config.train_size,
-                     config.test_size)
+        data = mnist(
+            config.data_root, config.download, config.data_seed, config.train_size, config.test_size
+        )
     _check_finite(data)
     return data.to(config.device)
 
@@ -69,13 +76,16 @@ def _check_finite(data: Dataset) -> None:
     for split, x in (("train", data.x_train), ("test", data.x_test)):
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.dim()))).sum())
-            raise DataError(f"{data.name}: {bad} {split} examples contain NaN or inf; "
-                            "clean the data before training")
+            raise DataError(
+                f"{data.name}: {bad} {split} examples contain NaN or inf; "
+                "clean the data before training"
+            )
 
 
 # -- Palmer penguins -------------------------------------------------------------------------------
-def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per class, hold out round(test_fraction * n) rows chosen by `seed`; both sides sorted."""
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -93,8 +103,9 @@ def penguins(data_seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     try:
         import palmerpenguins
     except ImportError as exc:
-        raise DataError("the penguins data needs the palmerpenguins package: "
-                        "pip install palmerpenguins") from exc
+        raise DataError(
+            "the penguins data needs the palmerpenguins package: pip install palmerpenguins"
+        ) from exc
     frame = palmerpenguins.load_penguins()
     frame = frame.dropna(subset=[*PENGUIN_FEATURES, "species"])
     x = frame[list(PENGUIN_FEATURES)].to_numpy(dtype=np.float64)
@@ -102,9 +113,14 @@ def penguins(data_seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     train, test = _stratified_split(y, test_fraction, data_seed)
     mean, std = x[train].mean(axis=0), x[train].std(axis=0)
     x = (x - mean) / std  # train statistics only: the test rows stay unseen
-    return Dataset("penguins", torch.tensor(x[train], dtype=torch.float32),
-                   torch.tensor(y[train]), torch.tensor(x[test], dtype=torch.float32),
-                   torch.tensor(y[test]), num_classes=3)
+    return Dataset(
+        "penguins",
+        torch.tensor(x[train], dtype=torch.float32),
+        torch.tensor(y[train]),
+        torch.tensor(x[test], dtype=torch.float32),
+        torch.tensor(y[test]),
+        num_classes=3,
+    )
 
 
 # -- MNIST -----------------------------------------------------------------------------------------
@@ -112,13 +128,16 @@ def _normalize_images(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
 
 
-def _subset(n_total: int, train_size: int, test_size: int, seed: int, what: str
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def _subset(
+    n_total: int, train_size: int, test_size: int, seed: int, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     if train_size + test_size > n_total:
-        raise DataError(f"{what} has {n_total} images; train_size {train_size} + test_size "
-                        f"{test_size} is more: lower them")
+        raise DataError(
+            f"{what} has {n_total} images; train_size {train_size} + test_size "
+            f"{test_size} is more: lower them"
+        )
     order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
-    return order[:train_size], order[train_size:train_size + test_size]
+    return order[:train_size], order[train_size : train_size + test_size]
 
 
 def t10k_dir() -> Path:
@@ -133,19 +152,26 @@ def _read_idx(path: Path, md5: str) -> np.ndarray:
         raise DataError(f"{path} is corrupt (md5 is not {md5}); reinstall fgray to restore it")
     data = gzip.decompress(raw)
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 @functools.lru_cache(maxsize=4)
-def mnist_t10k(data_seed: int = 0, train_size: int = 500, test_size: int = 100,
-               directory: str | None = None) -> Dataset:
+def mnist_t10k(
+    data_seed: int = 0, train_size: int = 500, test_size: int = 100, directory: str | None = None
+) -> Dataset:
     """MNIST's official 10k test split, md5-checked, cut by `data_seed` into disjoint pools."""
     root = Path(directory) if directory else t10k_dir()
-    images = torch.from_numpy(_read_idx(root / "t10k-images-idx3-ubyte.gz",
-                                        T10K_FILES["t10k-images-idx3-ubyte.gz"]).copy())
-    labels = torch.from_numpy(_read_idx(root / "t10k-labels-idx1-ubyte.gz",
-                                        T10K_FILES["t10k-labels-idx1-ubyte.gz"]).copy()).long()
+    images = torch.from_numpy(
+        _read_idx(
+            root / "t10k-images-idx3-ubyte.gz", T10K_FILES["t10k-images-idx3-ubyte.gz"]
+        ).copy()
+    )
+    labels = torch.from_numpy(
+        _read_idx(
+            root / "t10k-labels-idx1-ubyte.gz", T10K_FILES["t10k-labels-idx1-ubyte.gz"]
+        ).copy()
+    ).long()
     train, test = _subset(len(labels), train_size, test_size, data_seed, "mnist-t10k")
     x = _normalize_images(images)
     return Dataset("mnist-t10k", x[train], labels[train], x[test], labels[test], num_classes=10)
@@ -157,8 +183,13 @@ def default_mnist_root() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def mnist(root: str | None, download: bool, data_seed: int = 0, train_size: int = 500,
-          test_size: int = 100) -> Dataset:
+def mnist(
+    root: str | None,
+    download: bool,
+    data_seed: int = 0,
+    train_size: int = 500,
+    test_size: int = 100,
+) -> Dataset:
     """Full MNIST through torchvision: training images from its train split, test from its test."""
     from torchvision.datasets import MNIST
 
@@ -167,17 +198,27 @@ def mnist(root: str | None, download: bool, data_seed: int = 0, train_size: int 
         train_set = MNIST(root, train=True, download=download)
         test_set = MNIST(root, train=False, download=download)
     except RuntimeError as exc:
-        hint = ("pass --download (download: true) to fetch it, or use data: mnist-t10k offline"
-                if not download else "check the network, or use data: mnist-t10k offline")
+        hint = (
+            "pass --download (download: true) to fetch it, or use data: mnist-t10k offline"
+            if not download
+            else "check the network, or use data: mnist-t10k offline"
+        )
         raise DataError(f"MNIST not found under {root} ({exc}); {hint}") from None
     except OSError as exc:
         raise DataError(f"MNIST under {root} could not be read or written ({exc})") from None
     generator = torch.Generator().manual_seed(data_seed)
     if train_size > len(train_set.targets) or test_size > len(test_set.targets):
-        raise DataError(f"MNIST has {len(train_set.targets)} train / {len(test_set.targets)} test"
-                        f" images; train_size {train_size} / test_size {test_size} is more")
+        raise DataError(
+            f"MNIST has {len(train_set.targets)} train / {len(test_set.targets)} test"
+            f" images; train_size {train_size} / test_size {test_size} is more"
+        )
     train = torch.randperm(len(train_set.targets), generator=generator)[:train_size]
     test = torch.randperm(len(test_set.targets), generator=generator)[:test_size]
-    return Dataset("mnist", _normalize_images(train_set.data[train]), train_set.targets[train],
-                   _normalize_images(test_set.data[test]), test_set.targets[test],
-                   num_classes=10)
+    return Dataset(
+        "mnist",
+        _normalize_images(train_set.data[train]),
+        train_set.targets[train],
+        _normalize_images(test_set.data[test]),
+        test_set.targets[test],
+        num_classes=10,
+    )

@@ -27,8 +27,9 @@ from fgray.models import Params
 
 # torch's forward-AD decompositions still call torch.jit.script on first use; the warning is
 # torch's to fix and says nothing about fgray.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                        category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+)
 
 LossFn = Callable[[Params], Tensor]
 Estimate = tuple[Tensor, Params]
@@ -54,7 +55,7 @@ def draw_tangents(params: Params, generators: Sequence[torch.Generator], kind: s
         flat = flat.to(first.dtype) * 2 - 1
     parts = flat.split(sizes, dim=1)
     tangents = {}
-    for (name, p), part in zip(params.items(), parts):
+    for (name, p), part in zip(params.items(), parts, strict=False):
         if kind == "standardized" and part.shape[1] > 1:
             part = (part - part.mean(1, keepdim=True)) / part.std(1, keepdim=True)
         tangents[name] = part.reshape(p.shape)
@@ -66,7 +67,9 @@ def _per_seed(scalar: Tensor, like: Tensor) -> Tensor:
     return scalar.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def directional_derivative(loss_fn: LossFn, params: Params, tangent: Params) -> tuple[Tensor, Tensor]:
+def directional_derivative(
+    loss_fn: LossFn, params: Params, tangent: Params
+) -> tuple[Tensor, Tensor]:
     """(loss, ∇loss·tangent) per seed from one forward-mode pass; tangent entries may be missing."""
     with fwAD.dual_level():
         dual = {k: fwAD.make_dual(p, tangent[k]) if k in tangent else p for k, p in params.items()}
@@ -76,18 +79,28 @@ def directional_derivative(loss_fn: LossFn, params: Params, tangent: Params) -> 
     return loss, jvp
 
 
-def backprop(loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator],
-             tangent: str = "normal", tangents: int = 1) -> Estimate:
+def backprop(
+    loss_fn: LossFn,
+    params: Params,
+    generators: Sequence[torch.Generator],
+    tangent: str = "normal",
+    tangents: int = 1,
+) -> Estimate:
     """The exact gradient by reverse mode (tangent options are ignored)."""
     leaves = {k: p.detach().requires_grad_() for k, p in params.items()}
     with torch.enable_grad():
         loss = loss_fn(leaves)
         grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
-    return loss.detach(), dict(zip(leaves, grads))
+    return loss.detach(), dict(zip(leaves, grads, strict=False))
 
 
-def forward(loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator],
-            tangent: str = "normal", tangents: int = 1) -> Estimate:
+def forward(
+    loss_fn: LossFn,
+    params: Params,
+    generators: Sequence[torch.Generator],
+    tangent: str = "normal",
+    tangents: int = 1,
+) -> Estimate:
     """Forward gradient (∇f·v) v over all parameters jointly, averaged over K tangents."""
     loss = None
     grads = {k: torch.zeros_like(p) for k, p in params.items()}
@@ -100,8 +113,13 @@ def forward(loss_fn: LossFn, params: Params, generators: Sequence[torch.Generato
     return loss, _mean(grads, tangents)
 
 
-def forward_per_tensor(loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator],
-                       tangent: str = "normal", tangents: int = 1) -> Estimate:
+def forward_per_tensor(
+    loss_fn: LossFn,
+    params: Params,
+    generators: Sequence[torch.Generator],
+    tangent: str = "normal",
+    tangents: int = 1,
+) -> Estimate:
     """Per-tensor forward gradient: tensor i gets (∂f/∂θ_i · v_i) v_i from its own jvp."""
     loss = None
     grads = {k: torch.zeros_like(p) for k, p in params.items()}

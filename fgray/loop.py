@@ -59,8 +59,9 @@ class SeedResult:
 class PopulationTrainer:
     """Trains `config` for every seed in `seeds` at once; `run()` until all are done."""
 
-    def __init__(self, config: TrainConfig, seeds: Sequence[int], data: Dataset | None = None
-                 ) -> None:
+    def __init__(
+        self, config: TrainConfig, seeds: Sequence[int], data: Dataset | None = None
+    ) -> None:
         if len(seeds) == 0:
             raise ConfigError("seeds", "at least one seed is needed")
         if len(set(seeds)) != len(seeds):
@@ -74,14 +75,19 @@ class PopulationTrainer:
         self.objective = Objective(self.model, data if data is not None else load_data(config))
         n_train = self.objective.n_train
         if config.batch_size is not None and config.batch_size > n_train:
-            raise ConfigError("batch_size", f"{config.batch_size} is larger than the {n_train} "
-                              "training examples; lower it or leave it unset for full batch")
+            raise ConfigError(
+                "batch_size",
+                f"{config.batch_size} is larger than the {n_train} "
+                "training examples; lower it or leave it unset for full batch",
+            )
         self.estimate = ESTIMATORS[config.method]
-        self.params = {k: p.to(self.device) for k, p in init_population(self.model,
-                                                                          self.seeds).items()}
+        self.params = {
+            k: p.to(self.device) for k, p in init_population(self.model, self.seeds).items()
+        }
         self.optimizer = build_optimizer(config, self.params)
-        self.generators = [torch.Generator(self.device).manual_seed(training_seed(s))
-                           for s in self.seeds]
+        self.generators = [
+            torch.Generator(self.device).manual_seed(training_seed(s)) for s in self.seeds
+        ]
         s = len(self.seeds)
         self.iteration = 0
         self.elapsed = 0.0
@@ -107,8 +113,9 @@ class PopulationTrainer:
     def done(self) -> bool:
         return not self.running.any()
 
-    def run(self, until: int | None = None,
-            on_step: Callable[[PopulationTrainer], None] | None = None) -> bool:
+    def run(
+        self, until: int | None = None, on_step: Callable[[PopulationTrainer], None] | None = None
+    ) -> bool:
         """Step until every seed is done (True) or the iteration counter reaches `until` (False)."""
         while not self.done:
             if until is not None and self.iteration >= until:
@@ -124,24 +131,32 @@ class PopulationTrainer:
         per_epoch = math.ceil(n / b)
         k = t % per_epoch
         if k == 0 or self.batch_order is None:
-            self.batch_order = torch.stack([
-                torch.randperm(n, generator=g, device=self.device) for g in self.generators])
-        return self.batch_order[:, k * b:(k + 1) * b]
+            self.batch_order = torch.stack(
+                [torch.randperm(n, generator=g, device=self.device) for g in self.generators]
+            )
+        return self.batch_order[:, k * b : (k + 1) * b]
 
     def step(self) -> None:
         cfg, t = self.config, self.iteration
         start = time.perf_counter()
         if cfg.batch_size is None:
-            loss, grads = self.estimate(self.objective.loss, self.params, self.generators,
-                                        cfg.tangent, cfg.tangents)
+            loss, grads = self.estimate(
+                self.objective.loss, self.params, self.generators, cfg.tangent, cfg.tangents
+            )
         else:
             batch = self._next_batch(t)
             with torch.no_grad():
                 loss = self.objective.loss(self.params)  # threshold check: full training set
-            _, grads = self.estimate(lambda p: self.objective.loss(p, batch), self.params,
-                                     self.generators, cfg.tangent, cfg.tangents)
-        finite = torch.stack([p.reshape(self.population, -1).isfinite().all(1)
-                              for p in self.params.values()]).all(0)
+            _, grads = self.estimate(
+                lambda p: self.objective.loss(p, batch),
+                self.params,
+                self.generators,
+                cfg.tangent,
+                cfg.tangents,
+            )
+        finite = torch.stack(
+            [p.reshape(self.population, -1).isfinite().all(1) for p in self.params.values()]
+        ).all(0)
         loss_np = loss.detach().double().cpu().numpy()
         finite_np = finite.cpu().numpy() & np.isfinite(loss_np)
         compute_seconds = time.perf_counter() - start
@@ -156,7 +171,10 @@ class PopulationTrainer:
 
         self._record(t, now, running, loss_np)
         self.status[reached], self.status[diverged], self.status[censored] = (
-            REACHED, DIVERGED, CENSORED)
+            REACHED,
+            DIVERGED,
+            CENSORED,
+        )
         ended = stopping | censored
         self.stop_iteration[ended] = t
         self.stop_seconds[ended] = now
@@ -174,15 +192,20 @@ class PopulationTrainer:
         self.iteration = t + 1
 
     def _record(self, t: int, now: float, running: np.ndarray, loss: np.ndarray) -> None:
-        row: dict[str, Any] = {"iteration": t, "seconds": now, "recorded": running.copy(),
-                               "train_loss": loss.copy()}
+        row: dict[str, Any] = {
+            "iteration": t,
+            "seconds": now,
+            "recorded": running.copy(),
+            "train_loss": loss.copy(),
+        }
         if self.objective.is_test_function:
             row["xy"] = self.params["xy"].detach().double().cpu().numpy().copy()
         self._history.append(row)
 
     def _evaluate(self, which: np.ndarray) -> None:
-        metrics = {k: v.double().cpu().numpy() for k, v in self.objective.evaluate(
-            self.params).items()}
+        metrics = {
+            k: v.double().cpu().numpy() for k, v in self.objective.evaluate(self.params).items()
+        }
         row = self._history[-1]
         for k in EVAL_KEYS:
             values = np.where(which, metrics.get(k, np.full(self.population, math.nan)), math.nan)
@@ -196,18 +219,20 @@ class PopulationTrainer:
             status = int(self.status[i])
             reached = status == REACHED
             errors = self.last_eval["test_errors"][i]
-            out.append(SeedResult(
-                seed=seed,
-                outcome=OUTCOMES.get(status, "running"),
-                iterations_to_threshold=int(self.stop_iteration[i]) if reached else None,
-                seconds_to_threshold=float(self.stop_seconds[i]) if reached else None,
-                iterations_run=int(self.stop_iteration[i]) if status else self.iteration,
-                train_seconds=float(self.stop_seconds[i]) if status else self.elapsed,
-                final_train_loss=float(self.last_loss[i]),
-                final_test_loss=float(self.last_eval["test_loss"][i]),
-                final_test_accuracy=float(self.last_eval["test_accuracy"][i]),
-                final_test_errors=None if math.isnan(errors) else int(errors),
-            ))
+            out.append(
+                SeedResult(
+                    seed=seed,
+                    outcome=OUTCOMES.get(status, "running"),
+                    iterations_to_threshold=int(self.stop_iteration[i]) if reached else None,
+                    seconds_to_threshold=float(self.stop_seconds[i]) if reached else None,
+                    iterations_run=int(self.stop_iteration[i]) if status else self.iteration,
+                    train_seconds=float(self.stop_seconds[i]) if status else self.elapsed,
+                    final_train_loss=float(self.last_loss[i]),
+                    final_test_loss=float(self.last_eval["test_loss"][i]),
+                    final_test_accuracy=float(self.last_eval["test_accuracy"][i]),
+                    final_test_errors=None if math.isnan(errors) else int(errors),
+                )
+            )
         return out
 
     def results_frame(self) -> pd.DataFrame:
@@ -229,20 +254,24 @@ class PopulationTrainer:
         seeds = np.asarray(self.seeds)
 
         def column(key: str) -> np.ndarray:
-            table = np.stack([r.get(key, np.full(self.population, math.nan))
-                              for r in self._history])
+            table = np.stack(
+                [r.get(key, np.full(self.population, math.nan)) for r in self._history]
+            )
             return table[t_idx, s_idx]
 
-        frame = pd.DataFrame({
-            "seed": seeds[s_idx],
-            "iteration": np.array([r["iteration"] for r in self._history])[t_idx],
-            "train_loss": column("train_loss"),
-            "train_seconds": np.array([r["seconds"] for r in self._history])[t_idx],
-            "test_loss": column("test_loss"),
-            "test_accuracy": column("test_accuracy"),
-            "test_errors": pd.array(np.round(column("test_errors")), dtype="Float64")
-            .astype("Int64"),
-        })
+        frame = pd.DataFrame(
+            {
+                "seed": seeds[s_idx],
+                "iteration": np.array([r["iteration"] for r in self._history])[t_idx],
+                "train_loss": column("train_loss"),
+                "train_seconds": np.array([r["seconds"] for r in self._history])[t_idx],
+                "test_loss": column("test_loss"),
+                "test_accuracy": column("test_accuracy"),
+                "test_errors": pd.array(np.round(column("test_errors")), dtype="Float64").astype(
+                    "Int64"
+                ),
+            }
+        )
         if self.objective.is_test_function:
             xy = np.stack([r["xy"] for r in self._history])[t_idx, s_idx]
             frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
@@ -281,7 +310,7 @@ class PopulationTrainer:
             for k, p in self.params.items():
                 p.copy_(state["params"][k].to(self.device))
         self.optimizer.load_state_dict(state["optimizer"])
-        for g, s in zip(self.generators, state["generators"]):
+        for g, s in zip(self.generators, state["generators"], strict=False):
             g.set_state(s)
         self.iteration = int(state["iteration"])
         self.elapsed = float(state["elapsed"])
@@ -310,8 +339,9 @@ def _arrays(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in row.items()}
 
 
-def train(config: TrainConfig, seeds: Sequence[int], data: Dataset | None = None
-          ) -> PopulationTrainer:
+def train(
+    config: TrainConfig, seeds: Sequence[int], data: Dataset | None = None
+) -> PopulationTrainer:
     """Train to completion and return the trainer (results(), history_frame())."""
     trainer = PopulationTrainer(config, seeds, data)
     trainer.run()

@@ -2,8 +2,8 @@
 
 Each forward is written so that every parameter may carry a leading *seed* axis: called through
 `torch.func.functional_call` with parameters of shape (S, *shape), a module computes S independent
-models at once (batched matmuls; grouped convolutions for the CNN). That is how a population of seeds
-trains in one pass without a Python loop over seeds. Weights are stored (in, out) so the same
+models at once (batched matmuls; grouped convolutions for the CNN). That is how a population of
+seeds trains in one pass without a Python loop over seeds. Weights are stored (in, out) so the same
 `x @ W + b` serves one model and many.
 """
 
@@ -37,8 +37,9 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         x = x.unsqueeze(0).expand(s, *x.shape)
     n, h, w = x.shape[1], x.shape[3], x.shape[4]
     grouped = x.transpose(0, 1).reshape(n, s * c, h, w)
-    out = F.conv2d(grouped, weight.reshape(s * o, c, 3, 3), bias.reshape(s * o), padding=1,
-                   groups=s)
+    out = F.conv2d(
+        grouped, weight.reshape(s * o, c, 3, 3), bias.reshape(s * o), padding=1, groups=s
+    )
     return out.reshape(n, s, o, h, w).transpose(0, 1)
 
 
@@ -68,7 +69,7 @@ class MLP(nn.Module):
     def __init__(self, sizes: tuple[int, ...] = (4, 64, 8, 3)) -> None:
         super().__init__()
         self.sizes = sizes
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
             self.register_parameter(f"W{i + 1}", nn.Parameter(torch.zeros(a, b)))
             self.register_parameter(f"b{i + 1}", nn.Parameter(torch.zeros(b)))
 
@@ -172,13 +173,16 @@ class Beale(TestFunction):
 
     @staticmethod
     def value(x: Tensor, y: Tensor) -> Tensor:
-        return ((1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2
-                + (2.625 - x + x * y**3) ** 2)
+        return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
 
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    "logreg": LogReg, "mlp": MLP, "cnn": CNN,
-    "sphere": Sphere, "rosenbrock": Rosenbrock, "beale": Beale,
+    "logreg": LogReg,
+    "mlp": MLP,
+    "cnn": CNN,
+    "sphere": Sphere,
+    "rosenbrock": Rosenbrock,
+    "beale": Beale,
 }
 assert set(TEST_FUNCTIONS) <= set(MODEL_CLASSES)
 

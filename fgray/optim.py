@@ -1,8 +1,8 @@
 """Optimizers fed with an estimated gradient: any torch optimizer works with any estimator.
 
-Parameters are stacked over seeds, and SGD and Adam act elementwise, so one optimizer over the stacked
-tensors updates every seed exactly as its own optimizer would. Seeds that have stopped are held still
-by restoring their values after the step.
+Parameters are stacked over seeds, and SGD and Adam act elementwise, so one optimizer over the
+stacked tensors updates every seed exactly as its own optimizer would. Seeds that have stopped are
+held still by restoring their values after the step.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ def build_optimizer(config: TrainConfig, params: Params) -> torch.optim.Optimize
 
 
 @torch.no_grad()
-def masked_step(optimizer: torch.optim.Optimizer, params: Params, grads: Params,
-                active: np.ndarray) -> None:
+def masked_step(
+    optimizer: torch.optim.Optimizer, params: Params, grads: Params, active: np.ndarray
+) -> None:
     """One optimizer step that changes only the seeds where `active` is True."""
     frozen = None
     if not active.all():

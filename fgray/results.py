@@ -60,6 +60,7 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("final_test_accuracy", pa.float64()),
         pa.field("final_test_errors", pa.int64()),
         pa.field("error", pa.string()),
+        pa.field("restored_from_iteration", pa.int64()),  # last checkpoint resumed from, if any
         pa.field("node_id", pa.string()),
         pa.field("hostname", pa.string()),
         pa.field("device_name", pa.string()),
@@ -139,8 +140,9 @@ def _write_atomic(loc: Location, name: str, table: pa.Table) -> None:
     loc.fs.move(tmp.path, loc.join(name).path)
 
 
-def write_trial(experiment_uri: str, trial_name: str, trials: pd.DataFrame,
-                history: pd.DataFrame) -> None:
+def write_trial(
+    experiment_uri: str, trial_name: str, trials: pd.DataFrame, history: pd.DataFrame
+) -> None:
     """Write one finished trial's rows; safe to repeat (the same names are replaced)."""
     root = locate(experiment_uri).join(RESULTS_DIR)
     file = f"{trial_name}.parquet"
@@ -162,8 +164,13 @@ def _parts(loc: Location) -> list[pafs.FileInfo]:
         return []
     infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False))
     return sorted(
-        (i for i in infos if i.is_file and i.base_name.endswith(".parquet")
-         and not i.base_name.startswith(("_", "."))),
+        (
+            i
+            for i in infos
+            if i.is_file
+            and i.base_name.endswith(".parquet")
+            and not i.base_name.startswith(("_", "."))
+        ),
         key=lambda i: i.base_name,
     )
 
@@ -204,15 +211,18 @@ def load(path: str, *, strict: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]
     loc = locate(path)
     root = loc.join(RESULTS_DIR)
     if not _exists(root):
-        raise ResultsError(f"{loc.uri} holds no fgray results (no '{RESULTS_DIR}/' directory); "
-                           "pass the experiment directory that `fgray sweep` printed")
+        raise ResultsError(
+            f"{loc.uri} holds no fgray results (no '{RESULTS_DIR}/' directory); "
+            "pass the experiment directory that `fgray sweep` printed"
+        )
     trials, bad_t = _read_parts(root.join(TRIALS), TRIALS_SCHEMA)
     history, bad_h = _read_parts(root.join(HISTORY), HISTORY_SCHEMA)
     corrupt = {**bad_t, **bad_h}
     if corrupt and strict:
         listing = "; ".join(f"{p} ({why})" for p, why in corrupt.items())
-        raise ResultsError(f"damaged result parts: {listing}. Run `fgray resume {loc.uri}` to "
-                           "re-run their trials")
+        raise ResultsError(
+            f"damaged result parts: {listing}. Run `fgray resume {loc.uri}` to re-run their trials"
+        )
     names = sorted(set(trials) & set(history))
     trials_df = _concat([trials[n] for n in names], TRIALS_SCHEMA)
     history_df = _concat([history[n] for n in names], HISTORY_SCHEMA)

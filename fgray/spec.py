@@ -41,7 +41,7 @@ from fgray.config import MODELS, TEST_FUNCTIONS, ConfigError, TrainConfig, field
 MAX_SEEDS = 1_000_000
 MAX_GROUPS = 100_000  # distinct trial configs (variants x grid points)
 MAX_TRIALS = 100_000  # Ray trials after splitting the seeds
-MAX_SEED = 2**63 - 1  # seeds and integer options are stored in int64 Parquet columns
+INT64_MAX = 2**63 - 1  # seeds and integer options are stored in int64 Parquet columns
 SCHEDULERS = ("fifo", "asha")
 RESOURCES = ("cpu", "gpu")
 MAX_RESOURCE = 1_000_000
@@ -363,8 +363,8 @@ def _check_value(err: Any, where: str, key: str, value: object) -> None:
         raise err(where, f"must be {wanted}, got {_kind(value)} {_show(value)}{hint}")
     if kind == "float" and isinstance(value, float) and not math.isfinite(value):
         raise err(where, f"must be a finite number, got {value}")
-    if kind in ("int", "float") and isinstance(value, int) and abs(value) > MAX_SEED:
-        raise err(where, f"{_show(value)} is too large (at most {MAX_SEED})")
+    if kind in ("int", "float") and isinstance(value, int) and abs(value) > INT64_MAX:
+        raise err(where, f"{_show(value)} is too large (at most {INT64_MAX})")
     choices = _CHOICES.get(key)
     if choices and value not in choices:
         raise err(where, f"{_show(value)} is not one of {', '.join(choices)}")
@@ -397,8 +397,8 @@ def _seeds(err: Any, value: object) -> tuple[int, ...]:
             raise err(
                 "seeds", f"range {value!r} has {last - first + 1} seeds, more than {MAX_SEEDS}"
             )
-        if last > MAX_SEED:
-            raise err("seeds", f"seeds must be at most {MAX_SEED}, got {last}")
+        if last > INT64_MAX:
+            raise err("seeds", f"seeds must be at most {INT64_MAX}, got {last}")
         return tuple(range(first, last + 1))
     if isinstance(value, list):
         if not value:
@@ -407,9 +407,9 @@ def _seeds(err: Any, value: object) -> tuple[int, ...]:
             raise err("seeds", f"{len(value)} seeds, more than {MAX_SEEDS}")
         first_index: dict[int, int] = {}
         for i, seed in enumerate(value):
-            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= INT64_MAX:
                 raise err(
-                    f"seeds[{i}]", f"must be an integer in [0, {MAX_SEED}], got {_show(seed)}"
+                    f"seeds[{i}]", f"must be an integer in [0, {INT64_MAX}], got {_show(seed)}"
                 )
             if seed in first_index:
                 raise err(f"seeds[{i}]", f"seed {seed} repeats seeds[{first_index[seed]}]")
@@ -453,8 +453,8 @@ def _int(err: Any, key: str, value: object, minimum: int, wanted: str | None = N
     wanted = wanted or f"an integer >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise err(key, f"must be {wanted}, got {_show(value)}")
-    if value > MAX_SEED:
-        raise err(key, f"{_show(value)} is too large (at most {MAX_SEED})")
+    if value > INT64_MAX:
+        raise err(key, f"{_show(value)} is too large (at most {INT64_MAX})")
     return value
 
 

@@ -4,8 +4,8 @@ A sweep spec expands into trial plans (a config and a population of seeds each).
 everything it can before Ray starts (storage writable, experiment new or overwritten, GPUs present),
 writes a manifest of the plans beside Tune's own state, and runs one Tune trial per plan. `resume`
 restores the Tune experiment (finished trials stay finished, unfinished ones continue from their
-checkpoints, errored ones are retried) and then re-runs any plan whose results are missing or damaged,
-so every seed ends up in the results exactly once.
+checkpoints, errored ones are retried) and then re-runs any plan whose results are missing or
+damaged, so every seed ends up in the results exactly once.
 """
 
 from __future__ import annotations
@@ -23,15 +23,11 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from fgray import results
-from fgray.config import TrainConfig
 from fgray.spec import SweepSpec, TrialPlan
 
 MANIFEST = "fgray-sweep.json"
 LOCK = "fgray.lock"
 REPAIR_PREFIX = "repair-"
-# Tune saves its experiment state at most this often (seconds): with hundreds of trials the default
-# adaptive period still rewrites a growing JSON file many times a minute.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "30")
 
 
 class SweepError(RuntimeError):
@@ -58,8 +54,17 @@ class Manifest:
     def from_spec(cls, spec: SweepSpec) -> Manifest:
         uri = spec.experiment_uri()
         plans = [trial_payload(spec, plan, uri) for plan in spec.trials()]
-        return cls(spec.name, uri, spec.storage, plans, dict(spec.resources), spec.max_concurrent,
-                   spec.scheduler, spec.max_failures, spec.source)
+        return cls(
+            spec.name,
+            uri,
+            spec.storage,
+            plans,
+            dict(spec.resources),
+            spec.max_concurrent,
+            spec.scheduler,
+            spec.max_failures,
+            spec.source,
+        )
 
     def save(self) -> None:
         loc = results.locate(self.experiment_uri)
@@ -74,11 +79,15 @@ class Manifest:
             with loc.fs.open_input_stream(loc.path) as stream:
                 return cls(**json.loads(stream.read()))
         except FileNotFoundError:
-            raise SweepError(f"{experiment_uri} is not an fgray experiment (no {MANIFEST}); pass "
-                             "the directory that `fgray sweep` printed") from None
+            raise SweepError(
+                f"{experiment_uri} is not an fgray experiment (no {MANIFEST}); pass "
+                "the directory that `fgray sweep` printed"
+            ) from None
         except (ValueError, TypeError) as exc:
-            raise SweepError(f"{loc.uri} is damaged ({exc}); re-run the sweep with "
-                             "`fgray sweep SPEC --overwrite`") from None
+            raise SweepError(
+                f"{loc.uri} is damaged ({exc}); re-run the sweep with "
+                "`fgray sweep SPEC --overwrite`"
+            ) from None
 
 
 def trial_payload(spec: SweepSpec, plan: TrialPlan, experiment_uri: str) -> dict[str, Any]:
@@ -110,8 +119,10 @@ def check_writable(uri: str) -> None:
             out.write(b"ok")
         loc.fs.delete_file(probe.path)
     except (OSError, ValueError) as exc:
-        raise SweepError(f"storage {uri} is not writable ({exc}); choose another `storage` in the "
-                         "spec or fix its permissions") from None
+        raise SweepError(
+            f"storage {uri} is not writable ({exc}); choose another `storage` in the "
+            "spec or fix its permissions"
+        ) from None
 
 
 def experiment_exists(uri: str) -> bool:
@@ -135,8 +146,10 @@ def experiment_lock(uri: str) -> Iterator[None]:
             except ValueError:
                 holder = {}
         if _alive(holder):
-            raise SweepError(f"{uri} is in use by fgray pid {holder.get('pid')} on "
-                             f"{holder.get('host')}; wait for it to finish or stop it first")
+            raise SweepError(
+                f"{uri} is in use by fgray pid {holder.get('pid')} on "
+                f"{holder.get('host')}; wait for it to finish or stop it first"
+            )
     loc.fs.create_dir(loc.path, recursive=True)
     if lock.fs is not None and isinstance(lock.fs, pafs.LocalFileSystem):
         # O_EXCL makes taking the lock atomic between two drivers on one machine.
@@ -195,11 +208,15 @@ def check_resources(manifest: Manifest) -> None:
     available = ray.cluster_resources()
     gpu, cpu = manifest.resources.get("gpu", 0), manifest.resources.get("cpu", 1)
     if gpu > 0 and available.get("GPU", 0) < gpu:
-        raise SweepError(f"each trial asks for gpu: {gpu} but the Ray cluster has "
-                         f"{available.get('GPU', 0):g} GPUs; set resources.gpu: 0 or add GPU nodes")
+        raise SweepError(
+            f"each trial asks for gpu: {gpu} but the Ray cluster has "
+            f"{available.get('GPU', 0):g} GPUs; set resources.gpu: 0 or add GPU nodes"
+        )
     if cpu > available.get("CPU", 0):
-        raise SweepError(f"each trial asks for cpu: {cpu} but the Ray cluster has "
-                         f"{available.get('CPU', 0):g} CPUs; lower resources.cpu")
+        raise SweepError(
+            f"each trial asks for cpu: {cpu} but the Ray cluster has "
+            f"{available.get('CPU', 0):g} CPUs; lower resources.cpu"
+        )
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -211,8 +228,10 @@ def _trainable(manifest: Manifest) -> Any:
     from fgray.trainable import run_trial
 
     plans = {p["name"]: p for p in manifest.plans}
-    return tune.with_resources(tune.with_parameters(run_trial, plans=plans),
-                               {k: float(v) for k, v in manifest.resources.items()})
+    return tune.with_resources(
+        tune.with_parameters(run_trial, plans=plans),
+        {k: float(v) for k, v in manifest.resources.items()},
+    )
 
 
 def _scheduler(manifest: Manifest) -> Any:
@@ -221,8 +240,14 @@ def _scheduler(manifest: Manifest) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
     max_t = max(p["config"]["max_iters"] for p in manifest.plans)
-    return ASHAScheduler(time_attr="iteration", metric="median_train_loss", mode="min",
-                         max_t=max_t, grace_period=max(1, max_t // 16), reduction_factor=2)
+    return ASHAScheduler(
+        time_attr="iteration",
+        metric="median_train_loss",
+        mode="min",
+        max_t=max_t,
+        grace_period=max(1, max_t // 16),
+        reduction_factor=2,
+    )
 
 
 def _run_config(manifest: Manifest, name: str, verbose: int) -> Any:
@@ -234,8 +259,12 @@ def _run_config(manifest: Manifest, name: str, verbose: int) -> Any:
     else:
         storage = results.locate(manifest.storage).uri
     return tune.RunConfig(
-        name=name, storage_path=storage, verbose=verbose,
+        name=name,
+        storage_path=storage,
+        verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=manifest.max_failures),
+        # Tune also saves its experiment state after every num_to_keep trial checkpoints, so a
+        # killed driver's trials resume from a checkpoint at most one behind their newest.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
 
@@ -285,13 +314,19 @@ def _finish(manifest: Manifest, errors: dict[str, str]) -> SweepOutcome:
     scan = results.scan(manifest.experiment_uri)
     for plan in manifest.plans:
         if plan["name"] in errors and plan["name"] not in scan.complete:
-            results.write_trial(manifest.experiment_uri, plan["name"],
-                                error_rows(plan, errors[plan["name"]]), pd.DataFrame())
+            results.write_trial(
+                manifest.experiment_uri,
+                plan["name"],
+                error_rows(plan, errors[plan["name"]]),
+                pd.DataFrame(),
+            )
     scan = results.scan(manifest.experiment_uri)
-    complete = sum(1 for p in manifest.plans
-                   if p["name"] in scan.complete and p["name"] not in errors)
-    return SweepOutcome(manifest.experiment_uri, len(manifest.plans), complete, errors,
-                        scan.corrupt)
+    complete = sum(
+        1 for p in manifest.plans if p["name"] in scan.complete and p["name"] not in errors
+    )
+    return SweepOutcome(
+        manifest.experiment_uri, len(manifest.plans), complete, errors, scan.corrupt
+    )
 
 
 def error_rows(plan: dict[str, Any], message: str) -> pd.DataFrame:
@@ -304,16 +339,24 @@ def error_rows(plan: dict[str, Any], message: str) -> pd.DataFrame:
     return frame
 
 
-def launch(spec: SweepSpec, *, address: str | None = None, overwrite: bool = False,
-           num_cpus: int | None = None, verbose: int = 1) -> SweepOutcome:
+def launch(
+    spec: SweepSpec,
+    *,
+    address: str | None = None,
+    overwrite: bool = False,
+    num_cpus: int | None = None,
+    verbose: int = 1,
+) -> SweepOutcome:
     """Start a new sweep from a validated spec and run it to the end."""
     manifest = Manifest.from_spec(spec)
     uri = manifest.experiment_uri
     check_writable(results.locate(spec.storage).uri)
     if experiment_exists(uri) and not overwrite:
-        raise SweepError(f"experiment {spec.name!r} already exists at {uri}; continue it with "
-                         f"`fgray resume {uri}` or start over with `fgray sweep {spec.source} "
-                         "--overwrite`")
+        raise SweepError(
+            f"experiment {spec.name!r} already exists at {uri}; continue it with "
+            f"`fgray resume {uri}` or start over with `fgray sweep {spec.source} "
+            "--overwrite`"
+        )
     with experiment_lock(uri):
         if overwrite:
             _clear(uri)
@@ -335,8 +378,13 @@ def _clear(uri: str) -> None:
             loc.fs.delete_file(info.path)
 
 
-def resume(experiment_uri: str, *, address: str | None = None, num_cpus: int | None = None,
-           verbose: int = 1) -> SweepOutcome:
+def resume(
+    experiment_uri: str,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    verbose: int = 1,
+) -> SweepOutcome:
     """Continue an interrupted sweep, then re-run plans whose results are missing or damaged."""
     from ray import tune
 
@@ -347,8 +395,9 @@ def resume(experiment_uri: str, *, address: str | None = None, num_cpus: int | N
         check_resources(manifest)
         errors: dict[str, str] = {}
         if tune.Tuner.can_restore(uri):
-            tuner = tune.Tuner.restore(uri, trainable=_trainable(manifest),
-                                       resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(
+                uri, trainable=_trainable(manifest), resume_unfinished=True, resume_errored=True
+            )
             errors = _fit(tuner)
         errors.update(_repair(manifest, set(errors), verbose))
         return _finish(manifest, errors)
@@ -362,8 +411,11 @@ def _repair(manifest: Manifest, failed: set[str], verbose: int) -> dict[str, str
         name = os.path.basename(part)[: -len(".parquet")]
         results.remove_trial(manifest.experiment_uri, name)
     scan = results.scan(manifest.experiment_uri)
-    missing = [p for p in manifest.plans if p["name"] not in failed
-               and (p["name"] not in scan.complete or p["name"] in scan.errored)]
+    missing = [
+        p
+        for p in manifest.plans
+        if p["name"] not in failed and (p["name"] not in scan.complete or p["name"] in scan.errored)
+    ]
     if not missing:
         return {}
     manifest.repairs += 1

@@ -33,13 +33,17 @@ def run_trial(config: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
     torch.set_num_threads(max(1, int(plan.get("threads", 1))))
     trainer = PopulationTrainer(TrainConfig.from_dict(plan["config"]), plan["seeds"])
     checkpoint = tune.get_checkpoint()
+    restored_from = None
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.restore(os.path.join(directory, STATE_FILE))
+        restored_from = trainer.iteration
     report_every, checkpoint_every = plan["report_every"], plan["checkpoint_every"]
     while not trainer.done:
-        stop = min(_next_multiple(trainer.iteration, report_every),
-                   _next_multiple(trainer.iteration, checkpoint_every))
+        stop = min(
+            _next_multiple(trainer.iteration, report_every),
+            _next_multiple(trainer.iteration, checkpoint_every),
+        )
         trainer.run(until=stop)
         if trainer.done:
             break
@@ -47,8 +51,9 @@ def run_trial(config: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
             _report(trainer, save=True)
         else:
             _report(trainer, save=False)
-    results.write_trial(plan["experiment_uri"], plan["name"], trials_rows(plan, trainer),
-                        history_rows(plan, trainer))
+    trials = trials_rows(plan, trainer)
+    trials["restored_from_iteration"] = restored_from
+    results.write_trial(plan["experiment_uri"], plan["name"], trials, history_rows(plan, trainer))
     _report(trainer, save=False)
 
 
@@ -84,9 +89,14 @@ def provenance(device: str) -> dict[str, str]:
         device_name = torch.cuda.get_device_name()
     else:
         device_name = platform.processor() or platform.machine()
-    return {"node_id": node_id, "hostname": socket.gethostname(), "device_name": device_name,
-            "torch_version": torch.__version__, "ray_version": ray.__version__,
-            "fgray_version": fgray.__version__}
+    return {
+        "node_id": node_id,
+        "hostname": socket.gethostname(),
+        "device_name": device_name,
+        "torch_version": torch.__version__,
+        "ray_version": ray.__version__,
+        "fgray_version": fgray.__version__,
+    }
 
 
 def trials_rows(plan: dict[str, Any], trainer: PopulationTrainer) -> pd.DataFrame:

@@ -23,8 +23,11 @@ from fgray.config import TEST_FUNCTIONS
 
 METHOD_ORDER = ("backprop", "forward", "forward-per-tensor")
 COLORS = {"backprop": "C0", "forward": "C3", "forward-per-tensor": "C2"}
-TEST_CURVES = (("test_loss", "test loss"), ("test_accuracy", "test accuracy"),
-               ("test_errors", "test misclassifications"))
+TEST_CURVES = (
+    ("test_loss", "test loss"),
+    ("test_accuracy", "test accuracy"),
+    ("test_errors", "test misclassifications"),
+)
 X_AXES = (("iteration", "iteration"), ("train_seconds", "training seconds"))
 MAX_TRAJECTORIES = 25  # per method and panel, so the contour stays readable
 DPI = 100
@@ -56,13 +59,20 @@ def _method_rank(name: str) -> int:
     return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
 
 
-def panels(trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str],
-           panel_by: Sequence[str] | None = None) -> list[tuple[dict[str, Any], list[Series]]]:
+def panels(
+    trials: pd.DataFrame,
+    history: pd.DataFrame,
+    by: Sequence[str],
+    panel_by: Sequence[str] | None = None,
+) -> list[tuple[dict[str, Any], list[Series]]]:
     """(panel key, its series) for every panel; history rows are split to match."""
     by = list(by)
     panel_by = [k for k in by if k != "method"] if panel_by is None else list(panel_by)
-    row_keys = list(zip(*[trials[k].map(stats._plain) for k in panel_by], strict=True)) \
-        if panel_by else [()] * len(trials)
+    row_keys = (
+        list(zip(*[trials[k].map(stats._plain) for k in panel_by], strict=True))
+        if panel_by
+        else [()] * len(trials)
+    )
     ids = {k: i for i, k in enumerate(dict.fromkeys(row_keys))}
     tagged = trials[stats.SEED_KEYS].assign(_panel=[ids[k] for k in row_keys])
     hist = history.merge(tagged, on=stats.SEED_KEYS, how="inner")
@@ -86,8 +96,11 @@ def _color(name: str, i: int) -> str:
     return COLORS.get(name, f"C{i % 10}")
 
 
-def _save(fig: Figure, out_dir: str, kind: str, index: int, title: str) -> Plot:
-    path = os.path.join(out_dir, f"{kind}-{index:02d}-{_slug(title)}.png")
+def _save(
+    fig: Figure, out_dir: str, kind: str, index: int, title: str, key: dict[str, Any]
+) -> Plot:
+    """Write the PNG as <kind>-<index>-<group keys>.png (the index keeps names unique)."""
+    path = os.path.join(out_dir, f"{kind}-{index:02d}-{_slug(stats.label(key))}.png")
     fig.savefig(path, dpi=DPI, format="png")
     return Plot(path=path, kind=kind, title=title)
 
@@ -100,16 +113,19 @@ def _logscale_if_wide(ax: Any, values: Sequence[float]) -> None:
 
 def _draw_band(ax: Any, b: pd.DataFrame, x: str, color: str, name: str) -> None:
     ax.plot(b[x], b["median"], color=color, label=f"{name} (median)")
-    ax.fill_between(b[x], b["low"], b["high"], color=color, alpha=0.2, linewidth=0,
-                    label=f"{name} 10-90%")
+    ax.fill_between(
+        b[x], b["low"], b["high"], color=color, alpha=0.2, linewidth=0, label=f"{name} 10-90%"
+    )
 
 
 # -- figures --------------------------------------------------------------------------------------
-def test_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: int
-                ) -> Plot | None:
+def test_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: int) -> Plot | None:
     """Test loss, accuracy and misclassifications vs iteration and vs training seconds."""
-    present = [(c, t) for c, t in TEST_CURVES
-               if any(np.isfinite(stats._floats(s.history[c])).any() for s in series)]
+    present = [
+        (c, t)
+        for c, t in TEST_CURVES
+        if any(np.isfinite(stats._floats(s.history[c])).any() for s in series)
+    ]
     if not present:
         return None
     fig = Figure(figsize=(4.2 * len(present), 7), layout="constrained")
@@ -131,18 +147,17 @@ def test_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: 
     axes[0][0].legend(fontsize="small")
     title = f"test curves: {stats.label(key)}"
     fig.suptitle(title)
-    return _save(fig, out_dir, "test-curves", index, title)
+    return _save(fig, out_dir, "test-curves", index, title, key)
 
 
-def train_loss(key: dict[str, Any], series: list[Series], out_dir: str, index: int
-               ) -> Plot | None:
+def train_loss(key: dict[str, Any], series: list[Series], out_dir: str, index: int) -> Plot | None:
     """Training loss (median, 10-90% band) with the threshold that defines `reached`."""
     if not any(np.isfinite(stats._floats(s.history["train_loss"])).any() for s in series):
         return None
     thresholds = sorted({float(t) for s in series for t in s.trials["threshold"].dropna()})
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, len(X_AXES), squeeze=False)[0]
-    for ax, (x, x_label) in zip(axes, X_AXES):
+    for ax, (x, x_label) in zip(axes, X_AXES, strict=True):
         values = list(thresholds)
         for i, s in enumerate(series):
             b = stats.band(s.history, x, "train_loss")
@@ -158,11 +173,10 @@ def train_loss(key: dict[str, Any], series: list[Series], out_dir: str, index: i
     axes[0].legend(fontsize="small")
     title = f"training loss: {stats.label(key)}"
     fig.suptitle(title)
-    return _save(fig, out_dir, "train-loss", index, title)
+    return _save(fig, out_dir, "train-loss", index, title, key)
 
 
-def km_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: int
-              ) -> Plot | None:
+def km_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: int) -> Plot | None:
     """Kaplan-Meier P(reached by t) in iterations and measured seconds, with 95% CI bands."""
     measures = ("iterations", "seconds_measured")
     data = {(s.name, m): stats.durations(s.trials, m) for s in series for m in measures}
@@ -170,42 +184,54 @@ def km_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: in
         return None
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, len(measures), squeeze=False)[0]
-    for ax, measure in zip(axes, measures):
+    for ax, measure in zip(axes, measures, strict=True):
         for i, s in enumerate(series):
             d, r = data[(s.name, measure)]
             color = _color(s.name, i)
             curve = stats.km_curve(d, r)
-            if curve.empty:
-                ax.plot([], [], color=color, label=f"{s.name}: none reached ({len(d)} seeds)")
+            if curve.empty:  # P(reached) stays 0 over the time the seeds were watched
+                ax.plot(
+                    [0, d.max() if len(d) else 0],
+                    [0, 0],
+                    color=color,
+                    label=f"{s.name}: none reached ({len(d)} seeds)",
+                )
                 continue
             t_end = max(float(d.max()), float(curve["t"].iloc[-1]))
             t = np.append(curve["t"], t_end)
             ext = {c: np.append(curve[c], curve[c].iloc[-1]) for c in ("cdf", "low", "high")}
-            ax.step(t, ext["cdf"], where="post", color=color,
-                    label=f"{s.name} ({int(r.sum())}/{len(d)} reached)")
-            ax.fill_between(t, ext["low"], ext["high"], step="post", color=color, alpha=0.2,
-                            linewidth=0)
+            ax.step(
+                t,
+                ext["cdf"],
+                where="post",
+                color=color,
+                label=f"{s.name} ({int(r.sum())}/{len(d)} reached)",
+            )
+            ax.fill_between(
+                t, ext["low"], ext["high"], step="post", color=color, alpha=0.2, linewidth=0
+            )
             censored = d[~r]
             if censored.size:
                 y = np.interp(censored, t, ext["cdf"])  # KM is flat there: marks sit on the curve
                 ax.plot(censored, y, "|", color=color, markersize=8)
         ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel(stats.MEASURE_LABELS[measure].split(":")[0])
+        ax.set_xlabel(stats.MEASURE_LABELS[measure])
         ax.set_ylabel("P(reached threshold by t)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="lower right")
     title = f"time to threshold (Kaplan-Meier, 95% CI; | = censored): {stats.label(key)}"
     fig.suptitle(title)
-    return _save(fig, out_dir, "km", index, title)
+    return _save(fig, out_dir, "km", index, title, key)
 
 
-def lr_sweep(key: dict[str, Any], rows: pd.DataFrame, count_rows: pd.DataFrame, out_dir: str,
-             index: int) -> Plot | None:
+def lr_sweep(
+    key: dict[str, Any], rows: pd.DataFrame, count_rows: pd.DataFrame, out_dir: str, index: int
+) -> Plot | None:
     """Median iterations to threshold vs learning rate (95% CIs) and the diverged fraction."""
     if rows["lr"].nunique() < 2:
         return None
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
     ax = fig.subplots()
     twin = ax.twinx()
     methods = sorted(rows["method"].unique(), key=_method_rank) if "method" in rows else [None]
@@ -225,14 +251,27 @@ def lr_sweep(key: dict[str, Any], rows: pd.DataFrame, count_rows: pd.DataFrame, 
             face = color if r["median_method"] == stats.KM else "none"
             low = r["median"] - r["ci_low"] if np.isfinite(r["ci_low"]) else 0.0
             high = r["ci_high"] - r["median"] if np.isfinite(r["ci_high"]) else 0.0
-            ax.errorbar(r["lr"], r["median"], yerr=[[low], [high]], fmt="o", color=color,
-                        markerfacecolor=face, capsize=3)
+            ax.errorbar(
+                r["lr"],
+                r["median"],
+                yerr=[[low], [high]],
+                fmt="o",
+                color=color,
+                markerfacecolor=face,
+                capsize=3,
+            )
             if not np.isfinite(r["ci_high"]):
                 ax.plot(r["lr"], r["median"], "^", color=color, markersize=7)
         c = count_rows if m is None else count_rows[count_rows["method"] == m]
         c = c.sort_values("lr")
-        twin.plot(c["lr"], c["diverged_fraction"], "s--", color=color, alpha=0.6,
-                  label=f"{name}: diverged fraction")
+        twin.plot(
+            c["lr"],
+            c["diverged_fraction"],
+            "s--",
+            color=color,
+            alpha=0.6,
+            label=f"{name}: diverged fraction",
+        )
     lrs = rows["lr"].to_numpy(float)
     if lrs.min() > 0 and lrs.max() / lrs.min() >= 10:
         ax.set_xscale("log")
@@ -243,28 +282,43 @@ def lr_sweep(key: dict[str, Any], rows: pd.DataFrame, count_rows: pd.DataFrame, 
     twin.set_ylabel("diverged fraction (squares)")
     ax.grid(alpha=0.3)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    handles += [Line2D([], [], marker="o", color="grey", linestyle="", label="filled: KM median"),
-                Line2D([], [], marker="o", color="grey", markerfacecolor="none", linestyle="",
-                       label="open: reached-only median (under half reached)"),
-                Line2D([], [], marker="^", color="grey", linestyle="",
-                       label="^: upper CI bound undefined"),
-                Line2D([], [], marker="x", color="grey", linestyle="",
-                       label="x at top: not reached")]
-    ax.legend(handles=handles, fontsize="x-small", loc="upper left")
+    handles += [
+        Line2D([], [], marker="o", color="grey", linestyle="", label="filled: KM median"),
+        Line2D(
+            [],
+            [],
+            marker="o",
+            color="grey",
+            markerfacecolor="none",
+            linestyle="",
+            label="open: reached-only median (under half reached)",
+        ),
+        Line2D([], [], marker="^", color="grey", linestyle="", label="^: upper CI bound undefined"),
+        Line2D([], [], marker="x", color="grey", linestyle="", label="x at top: not reached"),
+    ]
+    fig.legend(handles=handles, fontsize="small", loc="outside right upper")
     title = f"learning-rate sweep: {stats.label(key)}"
     fig.suptitle(title)
-    return _save(fig, out_dir, "lr-sweep", index, title)
+    return _save(fig, out_dir, "lr-sweep", index, title, key)
 
 
-def trajectories(key: dict[str, Any], model: str, series: list[Series], out_dir: str,
-                 index: int) -> Plot | None:
+def trajectories(
+    key: dict[str, Any], model: str, series: list[Series], out_dir: str, index: int
+) -> Plot | None:
     """2-D paths (x, y per iteration) of every seed over the test function's contours."""
     from fgray.models import MODEL_CLASSES  # the function's formula, start and minimum
 
-    paths = [(s, h) for s in series
-             for h in [s.history[np.isfinite(stats._floats(s.history["x"]))
-                                 & np.isfinite(stats._floats(s.history["y"]))]]
-             if not h.empty]
+    paths = [
+        (s, h)
+        for s in series
+        for h in [
+            s.history[
+                np.isfinite(stats._floats(s.history["x"]))
+                & np.isfinite(stats._floats(s.history["y"]))
+            ]
+        ]
+        if not h.empty
+    ]
     if not paths:
         return None
     fn = MODEL_CLASSES[model]
@@ -291,9 +345,19 @@ def trajectories(key: dict[str, Any], model: str, series: list[Series], out_dir:
         handles.append(Line2D([], [], color=color, label=f"{s.name} ({len(seeds)} seeds)"))
     ax.plot(*fn.start, "ko", markersize=6)
     ax.plot(*fn.minimum, "*", color="gold", markeredgecolor="black", markersize=14)
-    handles += [Line2D([], [], marker="o", color="black", linestyle="", label="start"),
-                Line2D([], [], marker="*", color="gold", markeredgecolor="black", linestyle="",
-                       markersize=12, label="minimum")]
+    handles += [
+        Line2D([], [], marker="o", color="black", linestyle="", label="start"),
+        Line2D(
+            [],
+            [],
+            marker="*",
+            color="gold",
+            markeredgecolor="black",
+            linestyle="",
+            markersize=12,
+            label="minimum",
+        ),
+    ]
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
     ax.set_xlabel("x")
@@ -301,12 +365,17 @@ def trajectories(key: dict[str, Any], model: str, series: list[Series], out_dir:
     ax.legend(handles=handles, fontsize="small")
     title = f"{model} trajectories (contours: log10 f): {stats.label(key)}"
     fig.suptitle(title)
-    return _save(fig, out_dir, "trajectories", index, title)
+    return _save(fig, out_dir, "trajectories", index, title, key)
 
 
 # -- all of them ----------------------------------------------------------------------------------
-def make_all(trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str],
-             tables: dict[str, pd.DataFrame], out_dir: str) -> tuple[list[Plot], list[str]]:
+def make_all(
+    trials: pd.DataFrame,
+    history: pd.DataFrame,
+    by: Sequence[str],
+    tables: dict[str, pd.DataFrame],
+    out_dir: str,
+) -> tuple[list[Plot], list[str]]:
     """Every applicable figure, written into out_dir; also the list of figures skipped and why."""
     by = list(by)
     plots: list[Plot] = []
@@ -326,8 +395,7 @@ def make_all(trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str],
         name = stats.label(key)
         add(test_curves(key, series, out_dir, index), f"test curves ({name}): no test metrics")
         add(train_loss(key, series, out_dir, index), f"training loss ({name}): no history")
-        add(km_curves(key, series, out_dir, index),
-            f"Kaplan-Meier ({name}): no non-errored seeds")
+        add(km_curves(key, series, out_dir, index), f"Kaplan-Meier ({name}): no non-errored seeds")
 
     if "lr" in by and trials["lr"].nunique() > 1:
         sweep_by = [k for k in by if k not in ("method", "lr")]
@@ -336,8 +404,10 @@ def make_all(trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str],
             match = np.ones(len(count), dtype=bool)
             for k, v in key.items():
                 match &= np.array([stats._plain(x) == v for x in count[k]], dtype=bool)
-            add(lr_sweep(key, rows, count[match], out_dir, index),
-                f"learning-rate sweep ({stats.label(key)}): a single lr")
+            add(
+                lr_sweep(key, rows, count[match], out_dir, index),
+                f"learning-rate sweep ({stats.label(key)}): a single lr",
+            )
     else:
         skipped.append("learning-rate sweep: lr does not vary across the groups")
 
@@ -351,8 +421,10 @@ def make_all(trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str],
             m_trials = tf_trials[tf_trials["model"] == model]
             for key, series in panels(m_trials, history, by, panel_by):
                 full_key = {"model": model, **key}
-                add(trajectories(full_key, str(model), series, out_dir, index),
-                    f"trajectories ({stats.label(full_key)}): no x, y in history")
+                add(
+                    trajectories(full_key, str(model), series, out_dir, index),
+                    f"trajectories ({stats.label(full_key)}): no x, y in history",
+                )
     return plots, skipped
 
 

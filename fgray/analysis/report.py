@@ -27,7 +27,7 @@ TABLE_TITLES = {
     "iterations_to_threshold": "Iterations to threshold",
     "seconds_to_threshold_measured": "Seconds to threshold: MEASURED (the trial's own clock)",
     "seconds_to_threshold_modelled": "Seconds to threshold: MODELLED (iterations x group median "
-                                     "cost per iteration)",
+    "cost per iteration)",
     "cost_per_iteration": "Cost per iteration (model / method / device / population size)",
     "method_ratios": "Forward vs backprop (ratio forward / backprop of medians over reached seeds)",
 }
@@ -91,8 +91,11 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _unreached(table: pd.DataFrame, i: Any, col: str) -> bool:
-    count = {"median": "n_reached", "forward_median": "forward_reached",
-             "backprop_median": "backprop_reached"}[col]
+    count = {
+        "median": "n_reached",
+        "forward_median": "forward_reached",
+        "backprop_median": "backprop_reached",
+    }[col]
     return count in table.columns and table.at[i, count] == 0
 
 
@@ -110,8 +113,10 @@ def markdown_table(table: pd.DataFrame) -> str:
 def _with_ci(median: float, low: float, high: float, method: str) -> str:
     if method == stats.NOT_REACHED or math.isnan(median):
         return "not reached"
-    ci = f"[{_fmt(low) if not math.isnan(low) else '?'}, " \
-         f"{_fmt(high) if not math.isnan(high) else '?'}]"
+    ci = (
+        f"[{_fmt(low) if not math.isnan(low) else '?'}, "
+        f"{_fmt(high) if not math.isnan(high) else '?'}]"
+    )
     mark = "" if method == stats.KM else "*"
     return f"{_fmt(median)}{mark} {ci}"
 
@@ -125,30 +130,48 @@ def summary(tables: dict[str, pd.DataFrame], by: Sequence[str]) -> str:
     rows = []
     for i in range(len(counts)):
         c, it, s = counts.iloc[i], iters.iloc[i], secs.iloc[i]
-        rows.append({
-            "group": stats.label({k: stats._plain(c[k]) for k in by}),
-            "seeds": c["seeds"], "reach": c["reached"], "cens": c["censored"],
-            "div": c["diverged"], "err": c["errored"],
-            "iters to thr [95% CI]": _with_ci(it["median"], it["ci_low"], it["ci_high"],
-                                              it["median_method"]),
-            "sec to thr, measured": _with_ci(s["median"], s["ci_low"], s["ci_high"],
-                                             s["median_method"]),
-        })
+        rows.append(
+            {
+                "group": stats.label({k: stats._plain(c[k]) for k in by}),
+                "seeds": c["seeds"],
+                "reach": c["reached"],
+                "cens": c["censored"],
+                "div": c["diverged"],
+                "err": c["errored"],
+                "iters to thr [95% CI]": _with_ci(
+                    it["median"], it["ci_low"], it["ci_high"], it["median_method"]
+                ),
+                "sec to thr, measured": _with_ci(
+                    s["median"], s["ci_low"], s["ci_high"], s["median_method"]
+                ),
+            }
+        )
     text = pd.DataFrame(rows).to_string(index=False)
-    text += ("\n* = median of reached seeds only (under half reached: KM median undefined); "
-             "? = CI bound undefined")
+    text += (
+        "\n* = median of reached seeds only (under half reached: KM median undefined); "
+        "? = CI bound undefined"
+    )
     ratios = tables["method_ratios"]
     if not ratios.empty:
         panel = [k for k in by if k != "method"]
         lines = []
         for _, r in ratios.iterrows():
             where = stats.label({k: stats._plain(r[k]) for k in panel})
-            measure = r["measure"].split(":")[0].replace(" (measured", " measured").rstrip(")")
-            value = "n/a" if math.isnan(r["ratio"]) else (
-                f"{_fmt(r['ratio'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
-            lines.append({"pair": f"{r['forward_method']}/backprop", "where": where,
-                          "measure": measure, "ratio [95% CI]": value,
-                          "note": r["note"] or ""})
+            measure = r["measure"]
+            value = (
+                "n/a"
+                if math.isnan(r["ratio"])
+                else (f"{_fmt(r['ratio'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
+            )
+            lines.append(
+                {
+                    "pair": f"{r['forward_method']}/backprop",
+                    "where": where,
+                    "measure": measure,
+                    "ratio [95% CI]": value,
+                    "note": r["note"] or "",
+                }
+            )
         text += "\n\n" + pd.DataFrame(lines).to_string(index=False)
     return text
 
@@ -159,16 +182,28 @@ def _data_uri(path: str) -> str:
         return "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
 
 
-def write_markdown(path: str, header: dict[str, str], tables: dict[str, pd.DataFrame],
-                   plots: list[Plot], skipped: list[str], summary_text: str) -> None:
+def write_markdown(
+    path: str,
+    header: dict[str, str],
+    tables: dict[str, pd.DataFrame],
+    plots: list[Plot],
+    skipped: list[str],
+    summary_text: str,
+) -> None:
     lines = ["# fgray analysis", ""]
     lines += [f"- **{k}:** {v}" for k, v in header.items()]
     lines += ["", "## How the numbers are estimated", ""]
     lines += [f"- {note}" for note in METHOD_NOTES]
     lines += ["", "## Summary", "", "```", summary_text, "```", ""]
     for name, table in tables.items():
-        lines += [f"## {TABLE_TITLES.get(name, name)}", "", f"Table `{name}`.", "",
-                  markdown_table(table), ""]
+        lines += [
+            f"## {TABLE_TITLES.get(name, name)}",
+            "",
+            f"Table `{name}`.",
+            "",
+            markdown_table(table),
+            "",
+        ]
     lines += ["## Figures", ""]
     for plot in plots:
         lines += [f"### {plot.title}", "", f"![{plot.title}]({os.path.basename(plot.path)})", ""]
@@ -189,28 +224,43 @@ figure { margin: 1.5em 0; }
 """
 
 
-def write_html(path: str, header: dict[str, str], tables: dict[str, pd.DataFrame],
-               plots: list[Plot], skipped: list[str], summary_text: str) -> None:
+def write_html(
+    path: str,
+    header: dict[str, str],
+    tables: dict[str, pd.DataFrame],
+    plots: list[Plot],
+    skipped: list[str],
+    summary_text: str,
+) -> None:
     """One self-contained page: styles inline, every figure a data:image/png;base64 URI."""
     e = html.escape
-    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
-             "<title>fgray analysis</title>", f"<style>{_CSS}</style></head><body>",
-             "<h1>fgray analysis</h1>", "<ul>"]
+    parts = [
+        "<!DOCTYPE html>",
+        "<html><head><meta charset='utf-8'>",
+        "<title>fgray analysis</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>fgray analysis</h1>",
+        "<ul>",
+    ]
     parts += [f"<li><b>{e(k)}:</b> {e(v)}</li>" for k, v in header.items()]
     parts += ["</ul>", "<h2>How the numbers are estimated</h2>", "<ul>"]
     parts += [f"<li>{e(note)}</li>" for note in METHOD_NOTES]
     parts += ["</ul>", "<h2>Summary</h2>", f"<pre>{e(summary_text)}</pre>"]
     for name, table in tables.items():
-        parts += [f"<h2>{e(TABLE_TITLES.get(name, name))}</h2>",
-                  f"<p>Table <code>{e(name)}</code>.</p>"]
+        parts += [
+            f"<h2>{e(TABLE_TITLES.get(name, name))}</h2>",
+            f"<p>Table <code>{e(name)}</code>.</p>",
+        ]
         if table.empty:
             parts.append("<p><i>(no rows)</i></p>")
         else:
             parts.append(display_table(table).to_html(index=False, escape=True, border=0))
     parts.append("<h2>Figures</h2>")
     for plot in plots:
-        parts += [f"<figure><figcaption>{e(plot.title)}</figcaption>",
-                  f"<img alt='{e(plot.title)}' src='{_data_uri(plot.path)}'></figure>"]
+        parts += [
+            f"<figure><figcaption>{e(plot.title)}</figcaption>",
+            f"<img alt='{e(plot.title)}' src='{_data_uri(plot.path)}'></figure>",
+        ]
     if skipped:
         parts += ["<p>Figures not drawn:</p>", "<ul>"]
         parts += [f"<li>{e(s)}</li>" for s in skipped] + ["</ul>"]

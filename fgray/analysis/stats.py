@@ -44,8 +44,8 @@ MEASURES = {
 }
 MEASURE_LABELS = {
     "iterations": "iterations",
-    "seconds_measured": "seconds (measured: the trial's own clock)",
-    "seconds_modelled": "seconds (modelled: iterations x group median cost per iteration)",
+    "seconds_measured": "seconds (measured)",
+    "seconds_modelled": "seconds (modelled)",
 }
 
 KM = "Kaplan-Meier"
@@ -70,7 +70,8 @@ def resolve_by(trials: pd.DataFrame, by: Sequence[str] | None) -> list[str]:
         raise AnalysisError(
             f"--by key {unknown[0]!r} is not a results column; use TrainConfig keys such as "
             f"{', '.join(field_names()[:6])}, ... or population_size, device_name "
-            f"(keys that vary in these results: {varying})")
+            f"(keys that vary in these results: {varying})"
+        )
     return keys
 
 
@@ -89,7 +90,10 @@ def key_of(row: dict[str, Any] | pd.Series, by: Sequence[str]) -> tuple[Any, ...
     return tuple(_plain(row[k]) for k in by)
 
 
-def groups(trials: pd.DataFrame, by: Sequence[str]) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
+Group = tuple[dict[str, Any], pd.DataFrame]
+
+
+def groups(trials: pd.DataFrame, by: Sequence[str]) -> Iterator[Group]:
     """(key values, rows) for every group; one group of everything when `by` is empty."""
     by = list(by)
     if not by:
@@ -97,7 +101,7 @@ def groups(trials: pd.DataFrame, by: Sequence[str]) -> Iterator[tuple[dict[str, 
         return
     for key, frame in trials.groupby(by, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        yield {k: _plain(v) for k, v in zip(by, key)}, frame
+        yield {k: _plain(v) for k, v in zip(by, key, strict=True)}, frame
 
 
 def label(key: dict[str, Any]) -> str:
@@ -117,13 +121,26 @@ def counts(trials: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
         outcome = frame["outcome"]
         n = len(frame)
         row = {**key, "seeds": n, "trials": frame[TRIAL_KEYS].drop_duplicates().shape[0]}
-        for name, value in zip(("reached", "censored", "diverged", "errored"), OUTCOMES):
+        names = ("reached", "censored", "diverged", "errored")
+        for name, value in zip(names, OUTCOMES, strict=True):
             row[name] = int((outcome == value).sum())
         row["reached_fraction"] = row["reached"] / n if n else math.nan
         row["diverged_fraction"] = row["diverged"] / n if n else math.nan
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*by, "seeds", "trials", "reached", "censored", "diverged",
-                                       "errored", "reached_fraction", "diverged_fraction"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            *by,
+            "seeds",
+            "trials",
+            "reached",
+            "censored",
+            "diverged",
+            "errored",
+            "reached_fraction",
+            "diverged_fraction",
+        ],
+    )
 
 
 # -- Kaplan-Meier ---------------------------------------------------------------------------------
@@ -158,8 +175,9 @@ def _first_reaching(quantiles: np.ndarray, probabilities: np.ndarray, p: float =
     return float(quantiles[hit[0]]) if hit.size else math.nan
 
 
-def km_median(durations: Any, reached: Any, confidence: float = CONFIDENCE
-              ) -> tuple[float, float, float]:
+def km_median(
+    durations: Any, reached: Any, confidence: float = CONFIDENCE
+) -> tuple[float, float, float]:
     """(median, low, high) of time to threshold from Kaplan-Meier; NaN marks an undefined value.
 
     The median is the first t where the KM CDF reaches 0.5. Its CI inverts the pointwise CI of
@@ -170,9 +188,11 @@ def km_median(durations: Any, reached: Any, confidence: float = CONFIDENCE
     if fit is None:
         return math.nan, math.nan, math.nan
     band = _km_band(fit, confidence)
-    return (_first_reaching(fit.cdf.quantiles, fit.cdf.probabilities),
-            _first_reaching(band.high.quantiles, band.high.probabilities),
-            _first_reaching(band.low.quantiles, band.low.probabilities))
+    return (
+        _first_reaching(fit.cdf.quantiles, fit.cdf.probabilities),
+        _first_reaching(band.high.quantiles, band.high.probabilities),
+        _first_reaching(band.low.quantiles, band.low.probabilities),
+    )
 
 
 def km_curve(durations: Any, reached: Any, confidence: float = CONFIDENCE) -> pd.DataFrame:
@@ -182,16 +202,22 @@ def km_curve(durations: Any, reached: Any, confidence: float = CONFIDENCE) -> pd
         return pd.DataFrame(columns=["t", "cdf", "low", "high"], dtype=float)
     band = _km_band(fit, confidence)
     t = np.concatenate([[0.0], fit.cdf.quantiles])
-    return pd.DataFrame({
-        "t": t,
-        "cdf": np.concatenate([[0.0], fit.cdf.probabilities]),
-        "low": np.concatenate([[0.0], band.low.probabilities]),
-        "high": np.concatenate([[0.0], band.high.probabilities]),
-    })
+    return pd.DataFrame(
+        {
+            "t": t,
+            "cdf": np.concatenate([[0.0], fit.cdf.probabilities]),
+            "low": np.concatenate([[0.0], band.low.probabilities]),
+            "high": np.concatenate([[0.0], band.high.probabilities]),
+        }
+    )
 
 
-def bootstrap_median(values: Any, confidence: float = CONFIDENCE, seed: int = RANDOM_SEED,
-                     n_resamples: int = N_RESAMPLES) -> tuple[float, float, float]:
+def bootstrap_median(
+    values: Any,
+    confidence: float = CONFIDENCE,
+    seed: int = RANDOM_SEED,
+    n_resamples: int = N_RESAMPLES,
+) -> tuple[float, float, float]:
     """(median, low, high) with a percentile bootstrap CI; the CI is NaN under two values."""
     x = np.asarray(values, dtype=float).ravel()
     if x.size == 0:
@@ -199,14 +225,25 @@ def bootstrap_median(values: Any, confidence: float = CONFIDENCE, seed: int = RA
     median = float(np.median(x))
     if x.size < 2:
         return median, math.nan, math.nan
-    res = stats.bootstrap((x,), np.median, confidence_level=confidence, n_resamples=n_resamples,
-                          method="percentile", rng=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        (x,),
+        np.median,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     ci = res.confidence_interval
     return median, float(ci.low), float(ci.high)
 
 
-def median_summary(durations: Any, reached: Any, confidence: float = CONFIDENCE,
-                   seed: int = RANDOM_SEED, n_resamples: int = N_RESAMPLES) -> dict[str, Any]:
+def median_summary(
+    durations: Any,
+    reached: Any,
+    confidence: float = CONFIDENCE,
+    seed: int = RANDOM_SEED,
+    n_resamples: int = N_RESAMPLES,
+) -> dict[str, Any]:
     """The median time to threshold of one group, and which estimate it is.
 
     Kaplan-Meier where its median is defined; where fewer than half reached, the median of the
@@ -214,18 +251,26 @@ def median_summary(durations: Any, reached: Any, confidence: float = CONFIDENCE,
     none did. Bounds that cannot be computed are NaN and named in `ci_note`.
     """
     d, r = _check(durations, reached)
-    out: dict[str, Any] = {"n": int(d.size), "n_reached": int(r.sum()), "median": math.nan,
-                           "ci_low": math.nan, "ci_high": math.nan, "median_method": NOT_REACHED,
-                           "ci_note": ""}
+    out: dict[str, Any] = {
+        "n": int(d.size),
+        "n_reached": int(r.sum()),
+        "median": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "median_method": NOT_REACHED,
+        "ci_note": "",
+    }
     if not r.any():
         out["ci_note"] = "no seed reached the threshold"
         return out
     median, low, high = km_median(d, r, confidence)
     if not math.isnan(median):
         out.update(median=median, ci_low=low, ci_high=high, median_method=KM)
-        notes = [f"{side} bound undefined (the CDF's {band} {CONFIDENCE:.0%} band never "
-                 "reaches 0.5)" for side, band, v in (("lower", "upper", low),
-                                                      ("upper", "lower", high)) if math.isnan(v)]
+        notes = [
+            f"{side} bound undefined (the CDF's {band} {CONFIDENCE:.0%} band never reaches 0.5)"
+            for side, band, v in (("lower", "upper", low), ("upper", "lower", high))
+            if math.isnan(v)
+        ]
         out["ci_note"] = "; ".join(notes)
         return out
     median, low, high = bootstrap_median(d[r], confidence, seed, n_resamples)
@@ -236,8 +281,9 @@ def median_summary(durations: Any, reached: Any, confidence: float = CONFIDENCE,
 
 
 # -- per-seed durations ---------------------------------------------------------------------------
-def durations(frame: pd.DataFrame, measure: str, cost: float = math.nan
-              ) -> tuple[np.ndarray, np.ndarray]:
+def durations(
+    frame: pd.DataFrame, measure: str, cost: float = math.nan
+) -> tuple[np.ndarray, np.ndarray]:
     """(duration, reached) per non-errored seed: time to threshold, or where it was censored.
 
     `seconds_modelled` is iterations x `cost` (the group's median seconds per iteration). Seeds
@@ -255,9 +301,14 @@ def durations(frame: pd.DataFrame, measure: str, cost: float = math.nan
     return value[keep], reached[keep]
 
 
-def time_to_threshold(trials: pd.DataFrame, by: Sequence[str], measure: str,
-                      cost: pd.DataFrame | None = None, seed: int = RANDOM_SEED,
-                      n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
+def time_to_threshold(
+    trials: pd.DataFrame,
+    by: Sequence[str],
+    measure: str,
+    cost: pd.DataFrame | None = None,
+    seed: int = RANDOM_SEED,
+    n_resamples: int = N_RESAMPLES,
+) -> pd.DataFrame:
     """One row per group: median time to threshold in `measure` units with its 95% CI.
 
     `cost` (from `group_cost`) is needed for ``seconds_modelled``.
@@ -269,8 +320,11 @@ def time_to_threshold(trials: pd.DataFrame, by: Sequence[str], measure: str,
     for key, frame in groups(trials, by):
         c = costs.get(tuple(key.values()), math.nan)
         d, r = durations(frame, measure, c)
-        row = {**key, "measure": MEASURE_LABELS[measure],
-               "errored_excluded": int((frame["outcome"] == "error").sum())}
+        row = {
+            **key,
+            "measure": MEASURE_LABELS[measure],
+            "errored_excluded": int((frame["outcome"] == "error").sum()),
+        }
         row.update(median_summary(d, r, seed=seed, n_resamples=n_resamples))
         if measure == "seconds_modelled":
             row["seconds_per_iteration"] = c
@@ -279,13 +333,33 @@ def time_to_threshold(trials: pd.DataFrame, by: Sequence[str], measure: str,
         if measure == "seconds_measured":
             row["max_population_size"] = _max_int(frame["population_size"])
             if row["max_population_size"] > 1:
-                row["ci_note"] = "; ".join(filter(None, [
-                    row["ci_note"], "population>1: clock shared by the seeds trained together"]))
+                row["ci_note"] = "; ".join(
+                    filter(
+                        None,
+                        [
+                            row["ci_note"],
+                            "population>1: clock shared by the seeds trained together",
+                        ],
+                    )
+                )
         rows.append(row)
-    extra = {"seconds_modelled": ["seconds_per_iteration"],
-             "seconds_measured": ["max_population_size"]}.get(measure, [])
-    columns = [*by, "measure", "n", "n_reached", "errored_excluded", "median", "ci_low",
-               "ci_high", "median_method", "ci_note", *extra]
+    extra = {
+        "seconds_modelled": ["seconds_per_iteration"],
+        "seconds_measured": ["max_population_size"],
+    }.get(measure, [])
+    columns = [
+        *by,
+        "measure",
+        "n",
+        "n_reached",
+        "errored_excluded",
+        "median",
+        "ci_low",
+        "ci_high",
+        "median_method",
+        "ci_note",
+        *extra,
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -306,8 +380,9 @@ def step_seconds(trials: pd.DataFrame, history: pd.DataFrame, keys: Sequence[str
     cols = ["experiment", "trial_name", "seed", "iteration", "train_seconds"]
     h = history[cols].sort_values(["experiment", "trial_name", "seed", "iteration"])
     by_seed = h.groupby(SEED_KEYS, sort=False)
-    h = h.assign(step_seconds=by_seed["train_seconds"].diff(),
-                 consecutive=by_seed["iteration"].diff() == 1)
+    h = h.assign(
+        step_seconds=by_seed["train_seconds"].diff(), consecutive=by_seed["iteration"].diff() == 1
+    )
     h = h[h["consecutive"] & np.isfinite(h["step_seconds"])]
     extra = [k for k in keys if k not in SEED_KEYS]
     h = h.merge(trials[[*SEED_KEYS, *extra]], on=SEED_KEYS, how="inner")
@@ -321,8 +396,9 @@ def _trial_medians(frame: pd.DataFrame) -> pd.Series:
     return frame.drop_duplicates(TRIAL_KEYS)["seconds_per_iteration"].dropna()
 
 
-def cost_per_iteration(trials: pd.DataFrame, history: pd.DataFrame,
-                       keys: Sequence[str] = tuple(COST_KEYS)) -> pd.DataFrame:
+def cost_per_iteration(
+    trials: pd.DataFrame, history: pd.DataFrame, keys: Sequence[str] = tuple(COST_KEYS)
+) -> pd.DataFrame:
     """Median seconds per training step per model / method / device / population size.
 
     Two sources side by side: the step times in history, and the trials' own median step.
@@ -330,22 +406,35 @@ def cost_per_iteration(trials: pd.DataFrame, history: pd.DataFrame,
     """
     keys = [k for k in keys if k in trials.columns]
     steps = step_seconds(trials, history, keys)
-    step_groups = {key_of(dict(zip(keys, k if isinstance(k, tuple) else (k,))), keys): f
-                   for k, f in steps.groupby(keys, dropna=False)} if keys else {(): steps}
+    step_groups = {tuple(key.values()): f for key, f in groups(steps, keys)}
     rows = []
     for key, frame in groups(trials, keys):
         s = step_groups.get(tuple(key.values()), steps.iloc[:0])["step_seconds"]
         median = float(np.median(s)) if len(s) else math.nan
         per_trial = _trial_medians(frame)
-        row = {**key, "trials": frame[TRIAL_KEYS].drop_duplicates().shape[0], "steps": len(s),
-               "median_step_seconds": median,
-               "trial_median_step_seconds": float(np.median(per_trial)) if len(per_trial)
-               else math.nan}
+        row = {
+            **key,
+            "trials": frame[TRIAL_KEYS].drop_duplicates().shape[0],
+            "steps": len(s),
+            "median_step_seconds": median,
+            "trial_median_step_seconds": float(np.median(per_trial))
+            if len(per_trial)
+            else math.nan,
+        }
         pop = _max_int(frame["population_size"]) if "population_size" in frame else 1
         row["seconds_per_seed_step"] = row["median_step_seconds"] / pop
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*keys, "trials", "steps", "median_step_seconds",
-                                       "trial_median_step_seconds", "seconds_per_seed_step"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            *keys,
+            "trials",
+            "steps",
+            "median_step_seconds",
+            "trial_median_step_seconds",
+            "seconds_per_seed_step",
+        ],
+    )
 
 
 def group_cost(trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
@@ -355,9 +444,12 @@ def group_cost(trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str]) -
     from_history = table["median_step_seconds"]
     table["seconds_per_iteration"] = from_history.fillna(table["trial_median_step_seconds"])
     table["cost_source"] = np.where(
-        from_history.notna(), "history step times",
-        np.where(table["trial_median_step_seconds"].notna(), "trials.seconds_per_iteration",
-                 "none"))
+        from_history.notna(),
+        "history step times",
+        np.where(
+            table["trial_median_step_seconds"].notna(), "trials.seconds_per_iteration", "none"
+        ),
+    )
     return table[[*by, "trials", "steps", "seconds_per_iteration", "cost_source"]]
 
 
@@ -373,9 +465,13 @@ def _ratio_of_medians(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarra
         return np.median(x, axis=axis) / np.median(y, axis=axis)
 
 
-def ratio_of_medians(forward: Any, backprop: Any, confidence: float = CONFIDENCE,
-                     seed: int = RANDOM_SEED, n_resamples: int = N_RESAMPLES
-                     ) -> tuple[float, float, float]:
+def ratio_of_medians(
+    forward: Any,
+    backprop: Any,
+    confidence: float = CONFIDENCE,
+    seed: int = RANDOM_SEED,
+    n_resamples: int = N_RESAMPLES,
+) -> tuple[float, float, float]:
     """median(forward) / median(backprop) with a percentile bootstrap CI over the two independent
     samples (paired=False); NaN where a sample is empty, CI NaN where one has under 2 values."""
     f = np.asarray(forward, dtype=float).ravel()
@@ -385,20 +481,43 @@ def ratio_of_medians(forward: Any, backprop: Any, confidence: float = CONFIDENCE
     ratio = float(_ratio_of_medians(f, b))
     if f.size < 2 or b.size < 2:
         return ratio, math.nan, math.nan
-    res = stats.bootstrap((f, b), _ratio_of_medians, paired=False, vectorized=True,
-                          confidence_level=confidence, n_resamples=n_resamples,
-                          method="percentile", rng=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        (f, b),
+        _ratio_of_medians,
+        paired=False,
+        vectorized=True,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     ci = res.confidence_interval
     return ratio, float(ci.low), float(ci.high)
 
 
-RATIO_COLUMNS = ["forward_method", "measure", "forward_median", "backprop_median", "ratio",
-                 "ci_low", "ci_high", "forward_reached", "forward_seeds", "backprop_reached",
-                 "backprop_seeds", "note"]
+RATIO_COLUMNS = [
+    "forward_method",
+    "measure",
+    "forward_median",
+    "backprop_median",
+    "ratio",
+    "ci_low",
+    "ci_high",
+    "forward_reached",
+    "forward_seeds",
+    "backprop_reached",
+    "backprop_seeds",
+    "note",
+]
 
 
-def method_ratios(trials: pd.DataFrame, by: Sequence[str], cost: pd.DataFrame | None = None,
-                  seed: int = RANDOM_SEED, n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
+def method_ratios(
+    trials: pd.DataFrame,
+    by: Sequence[str],
+    cost: pd.DataFrame | None = None,
+    seed: int = RANDOM_SEED,
+    n_resamples: int = N_RESAMPLES,
+) -> pd.DataFrame:
     """Forward / backprop for every pair of groups that differ only in `method`.
 
     Ratios of the medians over reached seeds of iterations and seconds to threshold (measured;
@@ -409,8 +528,9 @@ def method_ratios(trials: pd.DataFrame, by: Sequence[str], cost: pd.DataFrame | 
     if "method" not in by:
         return pd.DataFrame(columns=[*panel, *RATIO_COLUMNS])
     costs = _cost_lookup(cost, by)
-    measures = ["iterations", "seconds_measured"] + (["seconds_modelled"] if cost is not None
-                                                     else [])
+    measures = ["iterations", "seconds_measured"] + (
+        ["seconds_modelled"] if cost is not None else []
+    )
     rows = []
     for key, frame in groups(trials, panel):
         by_method = {m: f for m, f in frame.groupby("method")}
@@ -424,16 +544,27 @@ def method_ratios(trials: pd.DataFrame, by: Sequence[str], cost: pd.DataFrame | 
                     c = costs.get(key_of({**key, "method": method}, by), math.nan)
                     d, r = durations(f, measure, c)
                     samples[method], seeds[method] = d[r], len(f)
-                ratio, low, high = ratio_of_medians(samples[fwd], samples[BACKPROP], seed=seed,
-                                                    n_resamples=n_resamples)
+                ratio, low, high = ratio_of_medians(
+                    samples[fwd], samples[BACKPROP], seed=seed, n_resamples=n_resamples
+                )
                 note = _ratio_note(samples[fwd], samples[BACKPROP], measure, frame)
-                rows.append({**key, "forward_method": fwd, "measure": MEASURE_LABELS[measure],
-                             "forward_median": _median(samples[fwd]),
-                             "backprop_median": _median(samples[BACKPROP]),
-                             "ratio": ratio, "ci_low": low, "ci_high": high,
-                             "forward_reached": len(samples[fwd]), "forward_seeds": seeds[fwd],
-                             "backprop_reached": len(samples[BACKPROP]),
-                             "backprop_seeds": seeds[BACKPROP], "note": note})
+                rows.append(
+                    {
+                        **key,
+                        "forward_method": fwd,
+                        "measure": MEASURE_LABELS[measure],
+                        "forward_median": _median(samples[fwd]),
+                        "backprop_median": _median(samples[BACKPROP]),
+                        "ratio": ratio,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "forward_reached": len(samples[fwd]),
+                        "forward_seeds": seeds[fwd],
+                        "backprop_reached": len(samples[BACKPROP]),
+                        "backprop_seeds": seeds[BACKPROP],
+                        "note": note,
+                    }
+                )
     return pd.DataFrame(rows, columns=[*panel, *RATIO_COLUMNS])
 
 
@@ -454,8 +585,13 @@ def _ratio_note(f: np.ndarray, b: np.ndarray, measure: str, frame: pd.DataFrame)
 
 
 # -- curves ---------------------------------------------------------------------------------------
-def band(history: pd.DataFrame, x: str, y: str, points: int = 200,
-         quantiles: tuple[float, float] = (0.1, 0.9)) -> pd.DataFrame:
+def band(
+    history: pd.DataFrame,
+    x: str,
+    y: str,
+    points: int = 200,
+    quantiles: tuple[float, float] = (0.1, 0.9),
+) -> pd.DataFrame:
     """Median and 10-90% band of `y` over seeds against `x` (iteration or train_seconds).
 
     Each seed's curve is interpolated onto a common grid inside its own recorded range, so a seed
@@ -484,5 +620,12 @@ def band(history: pd.DataFrame, x: str, y: str, points: int = 200,
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns are fine: no seed there
         median = np.nanmedian(curves, axis=0)
         low, high = np.nanquantile(curves, quantiles, axis=0)
-    return pd.DataFrame({x: grid, "median": median, "low": low, "high": high,
-                         "seeds": np.isfinite(curves).sum(axis=0)})
+    return pd.DataFrame(
+        {
+            x: grid,
+            "median": median,
+            "low": low,
+            "high": high,
+            "seeds": np.isfinite(curves).sum(axis=0),
+        }
+    )

@@ -1,0 +1,199 @@
+"""What every section shares: run settings, the timer, summary statistics and Markdown tables."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard to measure. `quick` is a smoke test: few repeats and small sizes, in seconds."""
+
+    quick: bool = False
+    big: bool = False
+    ray_cpus: int = 2
+
+    @property
+    def repeats(self) -> int:
+        """Timed blocks per measurement; medians and spreads are taken over these."""
+        return 5 if self.quick else 30
+
+    @property
+    def warmup(self) -> int:
+        return 2 if self.quick else 10
+
+    @property
+    def min_block_seconds(self) -> float:
+        """A block repeats a call until it has run at least this long, so fast calls are not
+        measured one perf_counter pair at a time."""
+        return 0.002 if self.quick else 0.02
+
+
+def thread_counts() -> list[int]:
+    """1 and all threads (the cores this process may run on), without duplicates."""
+    return sorted({1, all_threads()})
+
+
+def all_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# -- timing --------------------------------------------------------------------------------------
+def time_interleaved(calls: dict[str, Callable[[], Any]], settings: Settings,
+                     repeats: int | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each callable: `repeats` blocks each, the callables taking turns.
+
+    Each callable is first warmed up, then given an inner count so that one block lasts at least
+    `min_block_seconds`; a block's value is its mean seconds per call. Taking turns block by block
+    spreads any slow phase of a busy machine over all callables instead of one.
+    """
+    repeats = repeats or settings.repeats
+    inner = {}
+    for name, call in calls.items():
+        for _ in range(settings.warmup):
+            call()
+        start = time.perf_counter()
+        call()
+        once = time.perf_counter() - start
+        inner[name] = max(1, math.ceil(settings.min_block_seconds / max(once, 1e-9)))
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            n = inner[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                call()
+            samples[name].append((time.perf_counter() - start) / n)
+    return samples
+
+
+class threads:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Run a block with torch.set_num_threads(n), restoring the previous count after it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.before)
+
+
+# -- statistics ----------------------------------------------------------------------------------
+def summary(samples: Sequence[float]) -> dict[str, float]:
+    """Median, p10, p90, quartiles and the coefficient of variation (std / mean)."""
+    xs = sorted(float(x) for x in samples)
+    if not xs:
+        return {"n": 0, "median": math.nan, "p10": math.nan, "p90": math.nan, "q1": math.nan,
+                "q3": math.nan, "mean": math.nan, "cv": math.nan}
+    mean = statistics.fmean(xs)
+    std = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return {"n": len(xs), "median": statistics.median(xs), "p10": quantile(xs, 0.1),
+            "p90": quantile(xs, 0.9), "q1": quantile(xs, 0.25), "q3": quantile(xs, 0.75),
+            "mean": mean, "cv": std / mean if mean else math.nan}
+
+
+def quantile(sorted_xs: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default) of already sorted values."""
+    pos = q * (len(sorted_xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+# -- formatting ----------------------------------------------------------------------------------
+def fmt_seconds(s: float) -> str:
+    if s is None or not math.isfinite(s):
+        return "–"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
+
+
+def fmt_time_stats(stats: dict[str, float]) -> str:
+    """'1.23 ms (1.20–1.31)': median and p10–p90."""
+    return f"{fmt_seconds(stats['median'])} ({_bare(stats['p10'])}–{_bare(stats['p90'])})"
+
+
+def _bare(s: float) -> str:
+    return fmt_seconds(s).split(" ")[0] if math.isfinite(s) else "–"
+
+
+def fmt_rate(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    if x >= 1e6:
+        return f"{x / 1e6:.3g} M"
+    if x >= 1e3:
+        return f"{x / 1e3:.3g} k"
+    return f"{x:.3g}"
+
+
+def fmt_ratio(x: float) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.2f}×"
+
+
+def fmt_pct(x: float) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- the machine ---------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """Where and with what the benchmark ran."""
+    import ray
+
+    import fgray
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (math.nan,) * 3
+    libc = platform.libc_ver()
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": all_threads(),
+        "torch_threads_default": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "libc": " ".join(libc) if libc[0] else "unknown",
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "fgray": fgray.__version__,
+        "load_average": [round(x, 2) for x in load],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }

@@ -1,0 +1,127 @@
+"""Run the benchmark suite and write its Markdown report.
+
+    python -m benchmarks.run --write BENCHMARKS.md      # everything (what `make bench` runs)
+    python -m benchmarks.run --quick                    # a smoke test in seconds, to stdout
+    python -m benchmarks.run --only step --only sweep   # some sections (or --only step,sweep)
+    python -m benchmarks.run --only sweep --big         # also 10,000 logreg seeds through Ray
+
+Sections: step, population, sweep, stability; the target table is always written, from whichever
+sections ran. `--json PATH` also saves every raw number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks import population, stability, step, sweep, targets
+from benchmarks.common import Settings, machine, table
+
+SECTIONS = {module.NAME: module for module in (step, population, sweep, stability)}
+
+
+def parse_sections(values: Sequence[str] | None) -> list[str]:
+    if not values:
+        return list(SECTIONS)
+    wanted = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    unknown = [v for v in wanted if v not in SECTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    return [name for name in SECTIONS if name in wanted]  # the suite's order
+
+
+def run(sections: Sequence[str], settings: Settings, log: Any = sys.stderr
+        ) -> dict[str, Any]:
+    """Measure `sections`; returns {"machine": ..., "sections": {name: result}, "seconds": ...}."""
+    info = machine()
+    results: dict[str, Any] = {}
+    start = time.perf_counter()
+    for name in sections:
+        print(f"benchmarks: {name} ...", file=log, flush=True)
+        began = time.perf_counter()
+        results[name] = SECTIONS[name].measure(settings)
+        print(f"benchmarks: {name} took {time.perf_counter() - began:.1f} s", file=log,
+              flush=True)
+    return {"machine": info, "sections": results, "seconds": time.perf_counter() - start,
+            "settings": {"quick": settings.quick, "big": settings.big,
+                         "ray_cpus": settings.ray_cpus}}
+
+
+def render(report: dict[str, Any], command: str) -> str:
+    m = report["machine"]
+    settings = report["settings"]
+    out = ["# fgray benchmarks", ""]
+    out.append("Written by `make bench` (`python -m benchmarks.run --write BENCHMARKS.md`); do "
+               "not edit by hand. Timings are medians with their spread (p10–p90) over repeats "
+               "on one machine; they are meant to be compared as ratios within this run. "
+               "Nothing here is asserted.")
+    out.append("")
+    out.append(table(["", ""], [
+        ("command", f"`{command}`"),
+        ("mode", ("quick (smoke test: few repeats, small sizes)" if settings["quick"]
+                  else "full") + (", --big" if settings["big"] else "")),
+        ("CPU", m["cpu"]),
+        ("cores", f"{m['logical_cpus']} logical, {m['usable_cpus']} usable by this process; "
+                  f"torch default threads {m['torch_threads_default']}"),
+        ("load average at start", " / ".join(str(x) for x in m["load_average"])),
+        ("platform", f"{m['platform']} ({m['libc']})"),
+        ("versions", f"python {m['python']}, torch {m['torch']}, ray {m['ray']}, "
+                     f"fgray {m['fgray']}"),
+        ("date", m["date"]),
+        ("suite wall time", f"{report['seconds']:.0f} s"),
+    ]))
+    sections = report["sections"]
+    for name in ("step", "population", "sweep"):
+        if name in sections:
+            out += ["", SECTIONS[name].render(sections[name])]
+    out += ["", targets.render(sections)]
+    if stability.NAME in sections:
+        out += ["", stability.render(sections[stability.NAME])]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", metavar="PATH", help="write the Markdown report here")
+    parser.add_argument("--json", metavar="PATH", help="also save the raw results as JSON")
+    parser.add_argument("--quick", action="store_true",
+                        help="few repeats and small sizes: a smoke test in seconds")
+    parser.add_argument("--only", action="append", metavar="SECTION",
+                        help=f"run only these sections ({', '.join(SECTIONS)}); repeat or "
+                             "comma-separate")
+    parser.add_argument("--big", action="store_true",
+                        help="sweep section: also 10,000 penguins logreg seeds through Ray")
+    parser.add_argument("--ray-cpus", type=int, default=2,
+                        help="num_cpus for the sweep section's ray.init (default 2)")
+    args = parser.parse_args(argv)
+    try:
+        sections = parse_sections(args.only)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    settings = Settings(quick=args.quick, big=args.big, ray_cpus=args.ray_cpus)
+    report = run(sections, settings)
+    argv_text = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join(["python", "-m", "benchmarks.run", *argv_text])
+    markdown = render(report, command)
+    if args.write:
+        with open(args.write, "w", encoding="utf-8") as f:
+            f.write(markdown)
+        print(f"benchmarks: wrote {os.path.abspath(args.write)}", file=sys.stderr)
+    else:
+        print(markdown)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
