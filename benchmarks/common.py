@@ -26,11 +26,11 @@ class Settings:
     @property
     def repeats(self) -> int:
         """Timed blocks per measurement; medians and spreads are taken over these."""
-        return 5 if self.quick else 30
+        return 3 if self.quick else 30
 
     @property
     def warmup(self) -> int:
-        return 2 if self.quick else 10
+        return 1 if self.quick else 10
 
     @property
     def min_block_seconds(self) -> float:
@@ -38,10 +38,10 @@ class Settings:
         measured one perf_counter pair at a time."""
         return 0.002 if self.quick else 0.02
 
-
-def thread_counts() -> list[int]:
-    """1 and all threads (the cores this process may run on), without duplicates."""
-    return sorted({1, all_threads()})
+    @property
+    def thread_counts(self) -> list[int]:
+        """1 and all threads (the cores this process may run on); 1 only with --quick."""
+        return [1] if self.quick else sorted({1, all_threads()})
 
 
 def all_threads() -> int:
@@ -52,8 +52,9 @@ def all_threads() -> int:
 
 
 # -- timing --------------------------------------------------------------------------------------
-def time_interleaved(calls: dict[str, Callable[[], Any]], settings: Settings,
-                     repeats: int | None = None) -> dict[str, list[float]]:
+def time_interleaved(
+    calls: dict[str, Callable[[], Any]], settings: Settings, repeats: int | None = None
+) -> dict[str, list[float]]:
     """Seconds per call of each callable: `repeats` blocks each, the callables taking turns.
 
     Each callable is first warmed up, then given an inner count so that one block lasts at least
@@ -99,13 +100,28 @@ def summary(samples: Sequence[float]) -> dict[str, float]:
     """Median, p10, p90, quartiles and the coefficient of variation (std / mean)."""
     xs = sorted(float(x) for x in samples)
     if not xs:
-        return {"n": 0, "median": math.nan, "p10": math.nan, "p90": math.nan, "q1": math.nan,
-                "q3": math.nan, "mean": math.nan, "cv": math.nan}
+        return {
+            "n": 0,
+            "median": math.nan,
+            "p10": math.nan,
+            "p90": math.nan,
+            "q1": math.nan,
+            "q3": math.nan,
+            "mean": math.nan,
+            "cv": math.nan,
+        }
     mean = statistics.fmean(xs)
     std = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return {"n": len(xs), "median": statistics.median(xs), "p10": quantile(xs, 0.1),
-            "p90": quantile(xs, 0.9), "q1": quantile(xs, 0.25), "q3": quantile(xs, 0.75),
-            "mean": mean, "cv": std / mean if mean else math.nan}
+    return {
+        "n": len(xs),
+        "median": statistics.median(xs),
+        "p10": quantile(xs, 0.1),
+        "p90": quantile(xs, 0.9),
+        "q1": quantile(xs, 0.25),
+        "q3": quantile(xs, 0.75),
+        "mean": mean,
+        "cv": std / mean if mean else math.nan,
+    }
 
 
 def quantile(sorted_xs: Sequence[float], q: float) -> float:

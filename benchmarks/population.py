@@ -17,7 +17,6 @@ from benchmarks.common import (
     fmt_seconds,
     summary,
     table,
-    thread_counts,
     threads,
 )
 from fgray.config import TrainConfig
@@ -27,8 +26,14 @@ from fgray.loop import PopulationTrainer
 NAME = "population"
 METHODS = ("forward", "backprop")
 # The quickstart's learning rates: small enough that no seed diverges in the timed steps.
-LR = {("logreg", "forward"): 0.2, ("logreg", "backprop"): 0.2, ("mlp", "forward"): 0.01,
-      ("mlp", "backprop"): 0.05, ("cnn", "forward"): 0.001, ("cnn", "backprop"): 0.01}
+LR = {
+    ("logreg", "forward"): 0.2,
+    ("logreg", "backprop"): 0.2,
+    ("mlp", "forward"): 0.01,
+    ("mlp", "backprop"): 0.05,
+    ("cnn", "forward"): 0.001,
+    ("cnn", "backprop"): 0.01,
+}
 NEVER = 1e-30
 
 
@@ -49,14 +54,21 @@ def blocks(settings: Settings, model: str, population: int) -> tuple[int, int]:
 
 
 def trainer(model: str, method: str, population: int, quick: bool) -> PopulationTrainer:
-    config = TrainConfig(model=model, method=method, lr=LR[model, method], threshold=NEVER,
-                         max_iters=10**9, eval_every=10**9, train_size=100 if quick else 500)
+    config = TrainConfig(
+        model=model,
+        method=method,
+        lr=LR[model, method],
+        threshold=NEVER,
+        max_iters=10**9,
+        eval_every=10**9,
+        train_size=100 if quick else 500,
+    )
     return PopulationTrainer(config, list(range(population)), load_data(config))
 
 
 def measure(settings: Settings) -> dict[str, Any]:
     rows = []
-    counts = [1] if settings.quick else thread_counts()
+    counts = settings.thread_counts
     for model, population in plan(settings):
         for method in METHODS:
             for n in counts:
@@ -65,8 +77,9 @@ def measure(settings: Settings) -> dict[str, Any]:
     return {"rows": rows, "threshold": NEVER}
 
 
-def _measure_one(settings: Settings, model: str, method: str, population: int,
-                 n_threads: int) -> dict[str, Any]:
+def _measure_one(
+    settings: Settings, model: str, method: str, population: int, n_threads: int
+) -> dict[str, Any]:
     t = trainer(model, method, population, settings.quick)
     for _ in range(max(2, settings.warmup // 2)):  # iteration 0 also evaluates: not timed
         t.step()
@@ -83,11 +96,17 @@ def _measure_one(settings: Settings, model: str, method: str, population: int,
         wall = time.perf_counter() - start
         rates.append(population * steps / wall)
         step_seconds.append(wall / steps)
-    return {"model": model, "method": method, "population": population, "threads": n_threads,
-            "steps_per_block": steps, "blocks": n_blocks,
-            "seed_iterations_per_second": summary(rates),
-            "step_seconds": summary(step_seconds),
-            "all_active": bool(t.running.all())}
+    return {
+        "model": model,
+        "method": method,
+        "population": population,
+        "threads": n_threads,
+        "steps_per_block": steps,
+        "blocks": n_blocks,
+        "seed_iterations_per_second": summary(rates),
+        "step_seconds": summary(step_seconds),
+        "all_active": bool(t.running.all()),
+    }
 
 
 def best_rate(result: dict[str, Any], model: str, method: str) -> tuple[float, dict[str, Any]]:
@@ -101,19 +120,43 @@ def best_rate(result: dict[str, Any], model: str, method: str) -> tuple[float, d
 
 def render(result: dict[str, Any]) -> str:
     out = ["## 2. Population throughput (PopulationTrainer.step)", ""]
-    out.append(f"Threshold {result['threshold']:g} (never reached), so all seeds stay active; "
-               "seed-iterations/s = S × steps / wall seconds of a block of steps; median and "
-               "p10–p90 over blocks. Learning rates are the quickstart's (CNN: forward 0.001, "
-               "backprop 0.01). A sweep trial with `resources: {cpu: 1}` runs at 1 thread.")
+    out.append(
+        f"Threshold {result['threshold']:g} (never reached), so all seeds stay active; "
+        "seed-iterations/s = S × steps / wall seconds of a block of steps; median and "
+        "p10–p90 over blocks. Learning rates are the quickstart's (CNN: forward 0.001, "
+        "backprop 0.01). A sweep trial with `resources: {cpu: 1}` runs at 1 thread."
+    )
     out.append("")
     rows = []
     for r in result["rows"]:
         rate = r["seed_iterations_per_second"]
-        rows.append((r["model"], r["method"], r["population"], r["threads"],
-                     fmt_rate(rate["median"]), f"{fmt_rate(rate['p10'])}–{fmt_rate(rate['p90'])}",
-                     fmt_seconds(r["step_seconds"]["median"]),
-                     f"{r['blocks']}×{r['steps_per_block']}",
-                     "yes" if r["all_active"] else "**no**"))
-    out.append(table(["model", "method", "S", "threads", "seed-iterations/s (median)", "p10–p90",
-                      "seconds per population step", "blocks×steps", "all seeds active"], rows))
+        rows.append(
+            (
+                r["model"],
+                r["method"],
+                r["population"],
+                r["threads"],
+                fmt_rate(rate["median"]),
+                f"{fmt_rate(rate['p10'])}–{fmt_rate(rate['p90'])}",
+                fmt_seconds(r["step_seconds"]["median"]),
+                f"{r['blocks']}×{r['steps_per_block']}",
+                "yes" if r["all_active"] else "**no**",
+            )
+        )
+    out.append(
+        table(
+            [
+                "model",
+                "method",
+                "S",
+                "threads",
+                "seed-iterations/s (median)",
+                "p10–p90",
+                "seconds per population step",
+                "blocks×steps",
+                "all seeds active",
+            ],
+            rows,
+        )
+    )
     return "\n".join(out)

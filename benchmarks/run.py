@@ -33,12 +33,12 @@ def parse_sections(values: Sequence[str] | None) -> list[str]:
     unknown = [v for v in wanted if v not in SECTIONS]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+            f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}"
+        )
     return [name for name in SECTIONS if name in wanted]  # the suite's order
 
 
-def run(sections: Sequence[str], settings: Settings, log: Any = sys.stderr
-        ) -> dict[str, Any]:
+def run(sections: Sequence[str], settings: Settings, log: Any = sys.stderr) -> dict[str, Any]:
     """Measure `sections`; returns {"machine": ..., "sections": {name: result}, "seconds": ...}."""
     info = machine()
     results: dict[str, Any] = {}
@@ -47,36 +47,57 @@ def run(sections: Sequence[str], settings: Settings, log: Any = sys.stderr
         print(f"benchmarks: {name} ...", file=log, flush=True)
         began = time.perf_counter()
         results[name] = SECTIONS[name].measure(settings)
-        print(f"benchmarks: {name} took {time.perf_counter() - began:.1f} s", file=log,
-              flush=True)
-    return {"machine": info, "sections": results, "seconds": time.perf_counter() - start,
-            "settings": {"quick": settings.quick, "big": settings.big,
-                         "ray_cpus": settings.ray_cpus}}
+        print(f"benchmarks: {name} took {time.perf_counter() - began:.1f} s", file=log, flush=True)
+    return {
+        "machine": info,
+        "sections": results,
+        "seconds": time.perf_counter() - start,
+        "settings": {"quick": settings.quick, "big": settings.big, "ray_cpus": settings.ray_cpus},
+    }
 
 
 def render(report: dict[str, Any], command: str) -> str:
     m = report["machine"]
     settings = report["settings"]
     out = ["# fgray benchmarks", ""]
-    out.append("Written by `make bench` (`python -m benchmarks.run --write BENCHMARKS.md`); do "
-               "not edit by hand. Timings are medians with their spread (p10–p90) over repeats "
-               "on one machine; they are meant to be compared as ratios within this run. "
-               "Nothing here is asserted.")
+    out.append(
+        "Written by `make bench` (`python -m benchmarks.run --write BENCHMARKS.md`); do "
+        "not edit by hand. Timings are medians with their spread (p10–p90) over repeats "
+        "on one machine; they are meant to be compared as ratios within this run. "
+        "Nothing here is asserted."
+    )
     out.append("")
-    out.append(table(["", ""], [
-        ("command", f"`{command}`"),
-        ("mode", ("quick (smoke test: few repeats, small sizes)" if settings["quick"]
-                  else "full") + (", --big" if settings["big"] else "")),
-        ("CPU", m["cpu"]),
-        ("cores", f"{m['logical_cpus']} logical, {m['usable_cpus']} usable by this process; "
-                  f"torch default threads {m['torch_threads_default']}"),
-        ("load average at start", " / ".join(str(x) for x in m["load_average"])),
-        ("platform", f"{m['platform']} ({m['libc']})"),
-        ("versions", f"python {m['python']}, torch {m['torch']}, ray {m['ray']}, "
-                     f"fgray {m['fgray']}"),
-        ("date", m["date"]),
-        ("suite wall time", f"{report['seconds']:.0f} s"),
-    ]))
+    out.append(
+        table(
+            ["", ""],
+            [
+                ("command", f"`{command}`"),
+                (
+                    "mode",
+                    (
+                        "quick (smoke test: few repeats, small sizes)"
+                        if settings["quick"]
+                        else "full"
+                    )
+                    + (", --big" if settings["big"] else ""),
+                ),
+                ("CPU", m["cpu"]),
+                (
+                    "cores",
+                    f"{m['logical_cpus']} logical, {m['usable_cpus']} usable by this process; "
+                    f"torch default threads {m['torch_threads_default']}",
+                ),
+                ("load average at start", " / ".join(str(x) for x in m["load_average"])),
+                ("platform", f"{m['platform']} ({m['libc']})"),
+                (
+                    "versions",
+                    f"python {m['python']}, torch {m['torch']}, ray {m['ray']}, fgray {m['fgray']}",
+                ),
+                ("date", m["date"]),
+                ("suite wall time", f"{report['seconds']:.0f} s"),
+            ],
+        )
+    )
     sections = report["sections"]
     for name in ("step", "population", "sweep"):
         if name in sections:
@@ -88,19 +109,31 @@ def render(report: dict[str, Any], command: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--write", metavar="PATH", help="write the Markdown report here")
     parser.add_argument("--json", metavar="PATH", help="also save the raw results as JSON")
-    parser.add_argument("--quick", action="store_true",
-                        help="few repeats and small sizes: a smoke test in seconds")
-    parser.add_argument("--only", action="append", metavar="SECTION",
-                        help=f"run only these sections ({', '.join(SECTIONS)}); repeat or "
-                             "comma-separate")
-    parser.add_argument("--big", action="store_true",
-                        help="sweep section: also 10,000 penguins logreg seeds through Ray")
-    parser.add_argument("--ray-cpus", type=int, default=2,
-                        help="num_cpus for the sweep section's ray.init (default 2)")
+    parser.add_argument(
+        "--quick", action="store_true", help="few repeats and small sizes: a smoke test in seconds"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="SECTION",
+        help=f"run only these sections ({', '.join(SECTIONS)}); repeat or comma-separate",
+    )
+    parser.add_argument(
+        "--big",
+        action="store_true",
+        help="sweep section: also 10,000 penguins logreg seeds through Ray",
+    )
+    parser.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=2,
+        help="num_cpus for the sweep section's ray.init (default 2)",
+    )
     args = parser.parse_args(argv)
     try:
         sections = parse_sections(args.only)

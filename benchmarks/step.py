@@ -24,7 +24,6 @@ from benchmarks.common import (
     fmt_time_stats,
     summary,
     table,
-    thread_counts,
     threads,
     time_interleaved,
 )
@@ -56,8 +55,9 @@ VARIANTS = {
 TANGENT_KINDS = ("normal", "rademacher")
 
 
-def forward_jvp(loss_fn: LossFn, params: Params, generators: list[torch.Generator],
-                tangent: str = "normal") -> Estimate:
+def forward_jvp(
+    loss_fn: LossFn, params: Params, generators: list[torch.Generator], tangent: str = "normal"
+) -> Estimate:
     """The forward gradient (∇f·v) v with the directional derivative from torch.func.jvp."""
     v = estimators.draw_tangents(params, generators, tangent)
     loss, jvp = torch.func.jvp(loss_fn, (params,), (v,))
@@ -88,8 +88,14 @@ def cases(settings: Settings) -> list[Case]:
     x = torch.randn(PEER_BATCH, PEER_SIZES[0], generator=gen)
     y = torch.randint(0, PEER_SIZES[-1], (PEER_BATCH,), generator=gen)
     peer = Objective(MLP(sizes=PEER_SIZES), Dataset("random", x, y, x, y, PEER_SIZES[-1]))
-    out.append(Case(PEER, f"MLP {'-'.join(map(str, PEER_SIZES))}, random inputs, batch "
-                    f"{PEER_BATCH}", peer, _n_params(peer)))
+    out.append(
+        Case(
+            PEER,
+            f"MLP {'-'.join(map(str, PEER_SIZES))}, random inputs, batch {PEER_BATCH}",
+            peer,
+            _n_params(peer),
+        )
+    )
     return out
 
 
@@ -128,8 +134,10 @@ def _calls(case: Case) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable
         "fg step": stepper(estimators.forward),
         "backprop step": stepper(estimators.backprop),
     }
-    draws = {kind: (lambda kind=kind: estimators.draw_tangents(params, gens, kind))
-             for kind in TANGENT_KINDS}
+    draws = {
+        kind: (lambda kind=kind: estimators.draw_tangents(params, gens, kind))
+        for kind in TANGENT_KINDS
+    }
     return calls, draws
 
 
@@ -137,16 +145,20 @@ def measure(settings: Settings) -> dict[str, Any]:
     rows = []
     for case in cases(settings):
         calls, draws = _calls(case)
-        for n in thread_counts():
+        for n in settings.thread_counts:
             with threads(n):
                 samples = time_interleaved(calls, settings)
                 draw_samples = time_interleaved(draws, settings)
-            rows.append({
-                "model": case.name, "description": case.description, "params": case.n_params,
-                "threads": n,
-                "times": {k: summary(v) for k, v in samples.items()},
-                "tangent_draw": {k: summary(v) for k, v in draw_samples.items()},
-            })
+            rows.append(
+                {
+                    "model": case.name,
+                    "description": case.description,
+                    "params": case.n_params,
+                    "threads": n,
+                    "times": {k: summary(v) for k, v in samples.items()},
+                    "tangent_draw": {k: summary(v) for k, v in draw_samples.items()},
+                }
+            )
     return {"rows": rows}
 
 
@@ -157,57 +169,100 @@ def medians(row: dict[str, Any]) -> dict[str, float]:
 def render(result: dict[str, Any]) -> str:
     rows = result["rows"]
     out = ["## 1. Per-iteration cost (one seed, S=1)", ""]
-    out.append("Median seconds per call over repeated blocks, with p10–p90 in brackets. "
-               "Variants:")
+    out.append("Median seconds per call over repeated blocks, with p10–p90 in brackets. Variants:")
     out += [f"- **{name}**: {what}" for name, what in VARIANTS.items()]
-    out.append(f"- The optimizer steps use SGD with lr {STEP_LR:g} (the cost of SGD does not "
-               "depend on lr; the parameters stay at their initial values).")
+    out.append(
+        f"- The optimizer steps use SGD with lr {STEP_LR:g} (the cost of SGD does not "
+        "depend on lr; the parameters stay at their initial values)."
+    )
     out.append("")
     models = list(dict.fromkeys(r["model"] for r in rows))
     first = {m: next(r for r in rows if r["model"] == m) for m in models}
-    out.append(table(["model", "workload", "parameters"],
-                     [(m, first[m]["description"], f"{first[m]['params']:,}") for m in models]))
+    out.append(
+        table(
+            ["model", "workload", "parameters"],
+            [(m, first[m]["description"], f"{first[m]['params']:,}") for m in models],
+        )
+    )
     out.append("")
     out.append("### Times")
     out.append("")
     headers = ["model", "threads", *VARIANTS]
-    out.append(table(headers, [
-        (r["model"], r["threads"], *(fmt_time_stats(r["times"][v]) for v in VARIANTS))
-        for r in rows]))
+    out.append(
+        table(
+            headers,
+            [
+                (r["model"], r["threads"], *(fmt_time_stats(r["times"][v]) for v in VARIANTS))
+                for r in rows
+            ],
+        )
+    )
     out.append("")
     out.append("### Ratios to forward-only and to backprop (medians, same thread count)")
     out.append("")
     ratio_rows = []
     for r in rows:
         m = medians(r)
-        ratio_rows.append((
-            r["model"], r["threads"],
-            *(fmt_ratio(m[v] / m["forward-only"]) for v in list(VARIANTS)[1:5]),
-            *(fmt_ratio(m[v] / m["backprop"]) for v in list(VARIANTS)[1:4]),
-            fmt_ratio(m["fg step"] / m["backprop step"]),
-        ))
-    out.append(table(
-        ["model", "threads", *(f"{v} / fwd-only" for v in list(VARIANTS)[1:5]),
-         *(f"{v} / backprop" for v in list(VARIANTS)[1:4]), "fg step / backprop step"],
-        ratio_rows))
+        ratio_rows.append(
+            (
+                r["model"],
+                r["threads"],
+                *(fmt_ratio(m[v] / m["forward-only"]) for v in list(VARIANTS)[1:5]),
+                *(fmt_ratio(m[v] / m["backprop"]) for v in list(VARIANTS)[1:4]),
+                fmt_ratio(m["fg step"] / m["backprop step"]),
+            )
+        )
+    out.append(
+        table(
+            [
+                "model",
+                "threads",
+                *(f"{v} / fwd-only" for v in list(VARIANTS)[1:5]),
+                *(f"{v} / backprop" for v in list(VARIANTS)[1:4]),
+                "fg step / backprop step",
+            ],
+            ratio_rows,
+        )
+    )
     out.append("")
     out.append("### Tangent draw (fgray.estimators.draw_tangents, one seed)")
     out.append("")
-    out.append(table(
-        ["model", "threads", *(f"{k} draw" for k in TANGENT_KINDS), "normal draw / fg forward_ad",
-         "rademacher / normal"],
-        [(r["model"], r["threads"],
-          *(fmt_time_stats(r["tangent_draw"][k]) for k in TANGENT_KINDS),
-          fmt_ratio(r["tangent_draw"]["normal"]["median"] / medians(r)["fg forward_ad"]),
-          fmt_ratio(r["tangent_draw"]["rademacher"]["median"]
-                    / r["tangent_draw"]["normal"]["median"]))
-         for r in rows]))
+    out.append(
+        table(
+            [
+                "model",
+                "threads",
+                *(f"{k} draw" for k in TANGENT_KINDS),
+                "normal draw / fg forward_ad",
+                "rademacher / normal",
+            ],
+            [
+                (
+                    r["model"],
+                    r["threads"],
+                    *(fmt_time_stats(r["tangent_draw"][k]) for k in TANGENT_KINDS),
+                    fmt_ratio(r["tangent_draw"]["normal"]["median"] / medians(r)["fg forward_ad"]),
+                    fmt_ratio(
+                        r["tangent_draw"]["rademacher"]["median"]
+                        / r["tangent_draw"]["normal"]["median"]
+                    ),
+                )
+                for r in rows
+            ],
+        )
+    )
     out.append("")
     best = best_times(result)
-    out.append("Fastest setting per model (min over thread counts of the medians): "
-               + "; ".join(f"{m}: forward-only {fmt_seconds(b['forward-only'])}, fg "
-                           f"{fmt_seconds(b['fg forward_ad'])}, backprop "
-                           f"{fmt_seconds(b['backprop'])}" for m, b in best.items()) + ".")
+    out.append(
+        "Fastest setting per model (min over thread counts of the medians): "
+        + "; ".join(
+            f"{m}: forward-only {fmt_seconds(b['forward-only'])}, fg "
+            f"{fmt_seconds(b['fg forward_ad'])}, backprop "
+            f"{fmt_seconds(b['backprop'])}"
+            for m, b in best.items()
+        )
+        + "."
+    )
     return "\n".join(out)
 
 

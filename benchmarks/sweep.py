@@ -44,8 +44,10 @@ def quickstart_document(settings: Settings) -> dict[str, Any]:
 def big_document(settings: Settings) -> dict[str, Any]:
     document = quickstart_document(Settings())  # the quickstart's caps and reporting
     document["name"] = "bench-10k-logreg"
-    document["variants"] = [{"model": "logreg", "method": m, "lr": 0.2, "threshold": 0.3}
-                            for m in ("forward", "backprop")]
+    document["variants"] = [
+        {"model": "logreg", "method": m, "lr": 0.2, "threshold": 0.3}
+        for m in ("forward", "backprop")
+    ]
     document["seeds"] = 500 if settings.quick else BIG_SEEDS_PER_METHOD
     return document
 
@@ -59,8 +61,11 @@ def measure(settings: Settings) -> dict[str, Any]:
         ray.init(num_cpus=settings.ray_cpus, include_dashboard=False, log_to_driver=False)
         ray_init_seconds = time.perf_counter() - start
         try:
-            out = {"ray_cpus": settings.ray_cpus, "ray_init_seconds": ray_init_seconds,
-                   "runs": [_run(root, "quickstart", quickstart_document(settings), settings)]}
+            out = {
+                "ray_cpus": settings.ray_cpus,
+                "ray_init_seconds": ray_init_seconds,
+                "runs": [_run(root, "quickstart", quickstart_document(settings), settings)],
+            }
             if settings.big:
                 out["runs"].append(_run(root, "10k-logreg", big_document(settings), settings))
             return out
@@ -84,8 +89,9 @@ def _run(root: str, label: str, document: dict[str, Any], settings: Settings) ->
     spec = load_spec(path)
     plans = spec.trials()
     per_trial_cpu = spec.resources["cpu"]
-    concurrent = min(math.floor(settings.ray_cpus / per_trial_cpu), len(plans),
-                     spec.max_concurrent or len(plans))
+    concurrent = min(
+        math.floor(settings.ray_cpus / per_trial_cpu), len(plans), spec.max_concurrent or len(plans)
+    )
     log = os.path.join(directory, "trials.jsonl")
     with trial_timer.installed(log):
         start = time.perf_counter()
@@ -98,16 +104,26 @@ def _run(root: str, label: str, document: dict[str, Any], settings: Settings) ->
     reached = int((trials["outcome"] == "reached").sum())
     by_method = {}
     for method, group in trials.groupby("method"):
-        by_method[method] = {"seeds": len(group),
-                             "reached": int((group["outcome"] == "reached").sum()),
-                             "median_iterations": float(group["iterations_run"].median())}
+        by_method[method] = {
+            "seeds": len(group),
+            "reached": int((group["outcome"] == "reached").sum()),
+            "median_iterations": float(group["iterations_run"].median()),
+        }
     slots = wall * concurrent
     return {
-        "label": label, "spec": document, "plans": len(plans), "seeds": len(trials),
-        "concurrent": concurrent, "wall_seconds": wall, "complete": outcome.complete,
-        "errored": len(outcome.errored), "reached": reached,
-        "reached_per_second": reached / wall, "seeds_per_second": len(trials) / wall,
-        "trial_function_seconds": function_seconds, "timed_trial_runs": len(timed),
+        "label": label,
+        "spec": document,
+        "plans": len(plans),
+        "seeds": len(trials),
+        "concurrent": concurrent,
+        "wall_seconds": wall,
+        "complete": outcome.complete,
+        "errored": len(outcome.errored),
+        "reached": reached,
+        "reached_per_second": reached / wall,
+        "seeds_per_second": len(trials) / wall,
+        "trial_function_seconds": function_seconds,
+        "timed_trial_runs": len(timed),
         "loop_compute_seconds": compute_seconds,
         "overhead_function": 1 - function_seconds / slots,
         "overhead_compute": 1 - compute_seconds / slots,
@@ -121,31 +137,59 @@ def find_run(result: dict[str, Any], label: str) -> dict[str, Any] | None:
 
 def render(result: dict[str, Any]) -> str:
     out = ["## 3. Sweep throughput (`fgray sweep` path)", ""]
-    out.append(f"Ray started by the benchmark with num_cpus={result['ray_cpus']} "
-               f"(ray.init took {result['ray_init_seconds']:.1f} s, not counted below); wall = "
-               "`fgray.sweep.launch(spec, verbose=0)` from call to return, which includes Tune's "
-               "setup, every trial and the Parquet writes. Ray overhead = 1 − Σ trial seconds / "
-               "(wall × concurrent trials), with trial seconds either the whole trial function "
-               "timed in the worker, or the loop's compute time from the results (per trial, max "
-               "train_seconds over its seeds).")
+    out.append(
+        f"Ray started by the benchmark with num_cpus={result['ray_cpus']} "
+        f"(ray.init took {result['ray_init_seconds']:.1f} s, not counted below); wall = "
+        "`fgray.sweep.launch(spec, verbose=0)` from call to return, which includes Tune's "
+        "setup, every trial and the Parquet writes. Ray overhead = 1 − Σ trial seconds / "
+        "(wall × concurrent trials), with trial seconds either the whole trial function "
+        "timed in the worker, or the loop's compute time from the results (per trial, max "
+        "train_seconds over its seeds)."
+    )
     out.append("")
     rows = []
     for r in result["runs"]:
-        rows.append((
-            r["label"], r["seeds"], r["plans"], r["concurrent"], f"{r['wall_seconds']:.1f} s",
-            f"{r['reached']}/{r['seeds']}", fmt_rate(r["reached_per_second"]),
-            f"{r['trial_function_seconds']:.1f} s", f"{r['loop_compute_seconds']:.1f} s",
-            fmt_pct(r["overhead_function"]), fmt_pct(r["overhead_compute"]),
-            r["errored"]))
-    out.append(table(["sweep", "seeds", "trials", "concurrent", "wall", "reached threshold",
-                      "seeds to threshold / s", "Σ trial function", "Σ loop compute",
-                      "Ray overhead (trial function)", "Ray overhead (loop compute)",
-                      "errored trials"], rows))
+        rows.append(
+            (
+                r["label"],
+                r["seeds"],
+                r["plans"],
+                r["concurrent"],
+                f"{r['wall_seconds']:.1f} s",
+                f"{r['reached']}/{r['seeds']}",
+                fmt_rate(r["reached_per_second"]),
+                f"{r['trial_function_seconds']:.1f} s",
+                f"{r['loop_compute_seconds']:.1f} s",
+                fmt_pct(r["overhead_function"]),
+                fmt_pct(r["overhead_compute"]),
+                r["errored"],
+            )
+        )
+    out.append(
+        table(
+            [
+                "sweep",
+                "seeds",
+                "trials",
+                "concurrent",
+                "wall",
+                "reached threshold",
+                "seeds to threshold / s",
+                "Σ trial function",
+                "Σ loop compute",
+                "Ray overhead (trial function)",
+                "Ray overhead (loop compute)",
+                "errored trials",
+            ],
+            rows,
+        )
+    )
     out.append("")
     rows = []
     for r in result["runs"]:
         for method, m in r["by_method"].items():
-            rows.append((r["label"], method, m["seeds"], m["reached"],
-                         f"{m['median_iterations']:g}"))
+            rows.append(
+                (r["label"], method, m["seeds"], m["reached"], f"{m['median_iterations']:g}")
+            )
     out.append(table(["sweep", "method", "seeds", "reached", "median iterations run"], rows))
     return "\n".join(out)

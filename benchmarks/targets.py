@@ -33,8 +33,10 @@ def _verdict(ok: bool | None) -> str:
 
 
 def _step_rows(result: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
-    target = (f"1. forward-gradient step ≤ {FG_VS_BACKPROP:g}× the fastest backprop step and "
-              f"≤ {FG_VS_FORWARD:g}× forward-only")
+    target = (
+        f"1. forward-gradient step ≤ {FG_VS_BACKPROP:g}× the fastest backprop step and "
+        f"≤ {FG_VS_FORWARD:g}× forward-only"
+    )
     if result is None:
         return [(target, "all", "section `step` not run", _verdict(None))]
     out = []
@@ -43,8 +45,14 @@ def _step_rows(result: dict[str, Any] | None) -> list[tuple[str, str, str, str]]
         vs_fwd = best["fg forward_ad"] / best["forward-only"]
         ok = vs_bp <= FG_VS_BACKPROP and vs_fwd <= FG_VS_FORWARD
         verdict = _verdict(ok) if model != step.PEER else _verdict(ok) + " (peer size, info)"
-        out.append((target, model, f"fg/backprop {fmt_ratio(vs_bp)}, fg/forward-only "
-                    f"{fmt_ratio(vs_fwd)}", verdict))
+        out.append(
+            (
+                target,
+                model,
+                f"fg/backprop {fmt_ratio(vs_bp)}, fg/forward-only {fmt_ratio(vs_fwd)}",
+                verdict,
+            )
+        )
     return out
 
 
@@ -65,40 +73,56 @@ def _population_rows(result: dict[str, Any] | None) -> list[tuple[str, str, str,
 
 
 def _sweep_rows(result: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
-    big_target = (f"3. 10,000 penguins logreg seeds to threshold through fgray sweep in ≤ "
-                  f"{sweep.BIG_TARGET_SECONDS:g} s wall")
+    big_target = (
+        f"3. 10,000 penguins logreg seeds to threshold through fgray sweep in ≤ "
+        f"{sweep.BIG_TARGET_SECONDS:g} s wall"
+    )
     overhead_target = f"3. Ray overhead < {fmt_pct(OVERHEAD_TARGET)} of the quickstart sweep"
     if result is None:
-        return [(big_target, "logreg", "section `sweep` not run", _verdict(None)),
-                (overhead_target, "quickstart", "section `sweep` not run", _verdict(None))]
+        return [
+            (big_target, "logreg", "section `sweep` not run", _verdict(None)),
+            (overhead_target, "quickstart", "section `sweep` not run", _verdict(None)),
+        ]
     out = []
     big = sweep.find_run(result, "10k-logreg")
     if big is None:
         out.append((big_target, "logreg", "run with --big", _verdict(None)))
     else:
         full = big["seeds"] >= 2 * sweep.BIG_SEEDS_PER_METHOD
-        value = (f"{big['wall_seconds']:.1f} s for {big['seeds']:,} seeds "
-                 f"({big['reached']:,} reached)")
+        value = (
+            f"{big['wall_seconds']:.1f} s for {big['seeds']:,} seeds ({big['reached']:,} reached)"
+        )
         ok = big["wall_seconds"] <= sweep.BIG_TARGET_SECONDS and big["errored"] == 0
-        out.append((big_target, "logreg", value, _verdict(ok) if full else
-                    _verdict(None) + " (--quick size)"))
+        out.append(
+            (
+                big_target,
+                "logreg",
+                value,
+                _verdict(ok) if full else _verdict(None) + " (--quick size)",
+            )
+        )
     quick = sweep.find_run(result, "quickstart")
     if quick is not None:
         overhead = quick["overhead_function"]
         if not math.isfinite(overhead):
             overhead = quick["overhead_compute"]
-        value = (f"{fmt_pct(quick['overhead_function'])} (trial function), "
-                 f"{fmt_pct(quick['overhead_compute'])} (loop compute)")
+        value = (
+            f"{fmt_pct(quick['overhead_function'])} (trial function), "
+            f"{fmt_pct(quick['overhead_compute'])} (loop compute)"
+        )
         out.append((overhead_target, "quickstart", value, _verdict(overhead < OVERHEAD_TARGET)))
     return out
 
 
 def _stability_rows(result: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
-    target = (f"5. CNN timings stable run to run (CV of the backprop step ≤ "
-              f"{fmt_pct(stability.STABLE_CV)})")
+    target = (
+        f"5. CNN timings stable run to run (CV of the backprop step ≤ "
+        f"{fmt_pct(stability.STABLE_CV)})"
+    )
     if result is None:
         return [(target, "cnn", "section `stability` not run", _verdict(None))]
-    default, tuned = stability.default(result), stability.tuned(result)
+    default = stability.row(result, stability.DEFAULTS)
+    tuned = stability.row(result, stability.RECOMMENDED)
     value = (f"CV {fmt_pct(default['cv_pooled'])} with glibc defaults, "
              f"{fmt_pct(tuned['cv_pooled'])} with {tuned['environment']}")
     return [(target, "cnn", value, _verdict(tuned["cv_pooled"] <= stability.STABLE_CV))]
@@ -106,10 +130,12 @@ def _stability_rows(result: dict[str, Any] | None) -> list[tuple[str, str, str, 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
     out = ["## 4. Targets", ""]
-    out.append("Measured in this run; ratios compare timings from the same run. Target 1 uses "
-               "the gradient estimate alone (fgray.estimators.forward vs .backprop vs the loss "
-               "under no_grad), each at its fastest thread count; target 2 the best population "
-               "size and thread count; target 5 the pooled CV over all runs of the setting.")
+    out.append(
+        "Measured in this run; ratios compare timings from the same run. Target 1 uses "
+        "the gradient estimate alone (fgray.estimators.forward vs .backprop vs the loss "
+        "under no_grad), each at its fastest thread count; target 2 the best population "
+        "size and thread count; target 5 the pooled CV over all runs of the setting."
+    )
     out.append("")
     out.append(table(["target", "model", "measured", "verdict"], rows(results)))
     return "\n".join(out)

@@ -33,8 +33,12 @@ def timed_run_trial(config: dict[str, Any], plans: dict[str, dict[str, Any]]) ->
         seconds = time.perf_counter() - start
         path = os.environ.get(LOG_ENV)
         if path:
-            record = {"plan": config.get("plan"), "seconds": seconds, "started": started,
-                      "pid": os.getpid()}
+            record = {
+                "plan": config.get("plan"),
+                "seconds": seconds,
+                "started": started,
+                "pid": os.getpid(),
+            }
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -91,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seeds to train together, e.g. 0-31 (default: 0)",
     )
     run.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default: 1, fastest for the penguins models and immune to "
+        "oversubscription stalls; a Ray trial uses its resources.cpu)",
     )
     run.add_argument(
         "--out",
@@ -114,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete an existing experiment of the same name first",
     )
+    sweep.add_argument(
+        "--storage",
+        default=None,
+        metavar="URI",
+        help="override the spec's storage, e.g. s3://bucket/fgray on a cluster",
+    )
     sweep.set_defaults(handler=cmd_sweep)
 
     resume = sub.add_parser(
@@ -126,7 +137,45 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("path", help="the experiment directory or URI that `fgray sweep` printed")
     _add_ray_flags(resume)
     resume.set_defaults(handler=cmd_resume)
+
+    status = sub.add_parser(
+        "status",
+        help="what an experiment has done and what resume would do",
+        description="Seeds done / running / pending / errored per group of an "
+        "experiment (running, interrupted or finished), and what `fgray "
+        "resume` would do. Reads files only; starts no Ray.",
+    )
+    status.add_argument("path", help="the experiment directory or URI")
+    status.set_defaults(handler=cmd_status)
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="time-to-threshold statistics, plots and a report",
+        description="Analyse one or more experiments' Parquet results.",
+    )
+    analyze.add_argument("paths", nargs="+", metavar="PATH", help="experiment directories or URIs")
+    analyze.add_argument(
+        "--out",
+        default="reports/latest",
+        metavar="DIR",
+        help="where report.md, report.html and the PNGs go (default: %(default)s)",
+    )
+    analyze.add_argument(
+        "--by",
+        default=None,
+        metavar="KEY,...",
+        type=_keys,
+        help="group by these keys (default: every config key that varies)",
+    )
+    analyze.set_defaults(handler=cmd_analyze)
     return parser
+
+
+def _keys(text: str) -> list[str]:
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise argparse.ArgumentTypeError("give at least one key, e.g. model,method")
+    return keys
 
 
 def _add_ray_flags(parser: argparse.ArgumentParser) -> None:
@@ -226,10 +275,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig.from_dict(values)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise UsageError("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
     trainer = PopulationTrainer(config, args.seeds)
     progress = Progress(not args.quiet)
     try:
@@ -283,6 +331,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fgray.spec import load_spec
 
     spec = load_spec(args.spec)
+    if args.storage:
+        spec = dataclasses.replace(spec, storage=args.storage)
     return _with_resume_hint(
         spec.experiment_uri(),
         lambda: sweep.launch(
@@ -307,6 +357,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from fgray import results, status
+
+    report = status.experiment_status(results.locate(args.path).uri)
+    print(report.render())
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from fgray.analysis import analyze
+
+    report = analyze(args.paths, args.out, args.by)
+    print(report.summary)
+    print(f"\nreport: {os.path.abspath(report.html_path)} (and report.md beside it)")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
     for action in parser._actions:
@@ -316,6 +383,7 @@ def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fgray.analysis import AnalysisError
     from fgray.data import DataError
     from fgray.results import ResultsError
     from fgray.spec import SpecError
@@ -326,11 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = _subparser(parser, args.command)
     try:
         return int(args.handler(args) or 0)
-    except (UsageError, ConfigError, SpecError, SweepError) as exc:
+    except (UsageError, ConfigError, SpecError, SweepError, AnalysisError, ResultsError) as exc:
         sub.print_usage(sys.stderr)
         print(f"fgray {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (DataError, ResultsError) as exc:
+    except DataError as exc:
         print(f"fgray {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

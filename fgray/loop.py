@@ -99,6 +99,14 @@ class PopulationTrainer:
         self.batch_order: torch.Tensor | None = None  # (S, N) example order of this epoch
         self.step_seconds: list[float] = []
         self._history: list[dict[str, Any]] = []
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One throwaway estimate on copies, so one-time costs (forward-AD set-up, allocator and
+        kernel initialisation) are not charged to the first timed iteration."""
+        scratch = {k: p.clone() for k, p in self.params.items()}
+        generators = [torch.Generator(self.device).manual_seed(0) for _ in self.seeds]
+        self.estimate(self.objective.loss, scratch, generators, self.config.tangent, 1)
 
     # -- running ----------------------------------------------------------------------------
     @property

@@ -145,7 +145,7 @@ def experiment_lock(uri: str) -> Iterator[None]:
                 holder = json.loads(stream.read())
             except ValueError:
                 holder = {}
-        if _alive(holder):
+        if lock_holder_alive(holder):
             raise SweepError(
                 f"{uri} is in use by fgray pid {holder.get('pid')} on "
                 f"{holder.get('host')}; wait for it to finish or stop it first"
@@ -171,7 +171,7 @@ def experiment_lock(uri: str) -> Iterator[None]:
             lock.fs.delete_file(lock.path)
 
 
-def _alive(holder: dict[str, Any]) -> bool:
+def lock_holder_alive(holder: dict[str, Any]) -> bool:
     if holder.get("host") != socket.gethostname():
         return bool(holder)  # another machine's driver: assume alive
     pid = holder.get("pid")

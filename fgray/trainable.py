@@ -35,9 +35,16 @@ def run_trial(config: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
     checkpoint = tune.get_checkpoint()
     restored_from = None
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            trainer.restore(os.path.join(directory, STATE_FILE))
-        restored_from = trainer.iteration
+        try:
+            with checkpoint.as_directory() as directory:
+                trainer.restore(os.path.join(directory, STATE_FILE))
+            restored_from = trainer.iteration
+        except Exception as exc:  # a damaged checkpoint: training is deterministic, so start over
+            print(
+                f"fgray: checkpoint of trial {plan['name']} is unreadable ({exc}); "
+                "restarting the trial from iteration 0"
+            )
+            trainer = PopulationTrainer(TrainConfig.from_dict(plan["config"]), plan["seeds"])
     report_every, checkpoint_every = plan["report_every"], plan["checkpoint_every"]
     while not trainer.done:
         stop = min(

@@ -69,7 +69,7 @@ def panels(
     by = list(by)
     panel_by = [k for k in by if k != "method"] if panel_by is None else list(panel_by)
     row_keys = (
-        list(zip(*[trials[k].map(stats._plain) for k in panel_by], strict=True))
+        list(zip(*[trials[k].map(stats.plain_value) for k in panel_by], strict=True))
         if panel_by
         else [()] * len(trials)
     )
@@ -124,7 +124,7 @@ def test_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: 
     present = [
         (c, t)
         for c, t in TEST_CURVES
-        if any(np.isfinite(stats._floats(s.history[c])).any() for s in series)
+        if any(np.isfinite(stats.as_floats(s.history[c])).any() for s in series)
     ]
     if not present:
         return None
@@ -152,7 +152,7 @@ def test_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: 
 
 def train_loss(key: dict[str, Any], series: list[Series], out_dir: str, index: int) -> Plot | None:
     """Training loss (median, 10-90% band) with the threshold that defines `reached`."""
-    if not any(np.isfinite(stats._floats(s.history["train_loss"])).any() for s in series):
+    if not any(np.isfinite(stats.as_floats(s.history["train_loss"])).any() for s in series):
         return None
     thresholds = sorted({float(t) for s in series for t in s.trials["threshold"].dropna()})
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -313,8 +313,8 @@ def trajectories(
         for s in series
         for h in [
             s.history[
-                np.isfinite(stats._floats(s.history["x"]))
-                & np.isfinite(stats._floats(s.history["y"]))
+                np.isfinite(stats.as_floats(s.history["x"]))
+                & np.isfinite(stats.as_floats(s.history["y"]))
             ]
         ]
         if not h.empty
@@ -403,7 +403,7 @@ def make_all(
         for key, rows in stats.groups(iters, sweep_by):
             match = np.ones(len(count), dtype=bool)
             for k, v in key.items():
-                match &= np.array([stats._plain(x) == v for x in count[k]], dtype=bool)
+                match &= np.array([stats.plain_value(x) == v for x in count[k]], dtype=bool)
             add(
                 lr_sweep(key, rows, count[match], out_dir, index),
                 f"learning-rate sweep ({stats.label(key)}): a single lr",
@@ -411,7 +411,7 @@ def make_all(
     else:
         skipped.append("learning-rate sweep: lr does not vary across the groups")
 
-    models = trials["model"].map(stats._plain)
+    models = trials["model"].map(stats.plain_value)
     tf_trials = trials[models.isin(TEST_FUNCTIONS)]
     if tf_trials.empty:
         skipped.append("trajectories: no test-function (sphere/rosenbrock/beale) trials")

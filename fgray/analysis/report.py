@@ -132,7 +132,7 @@ def summary(tables: dict[str, pd.DataFrame], by: Sequence[str]) -> str:
         c, it, s = counts.iloc[i], iters.iloc[i], secs.iloc[i]
         rows.append(
             {
-                "group": stats.label({k: stats._plain(c[k]) for k in by}),
+                "group": stats.label({k: stats.plain_value(c[k]) for k in by}),
                 "seeds": c["seeds"],
                 "reach": c["reached"],
                 "cens": c["censored"],
@@ -156,7 +156,7 @@ def summary(tables: dict[str, pd.DataFrame], by: Sequence[str]) -> str:
         panel = [k for k in by if k != "method"]
         lines = []
         for _, r in ratios.iterrows():
-            where = stats.label({k: stats._plain(r[k]) for k in panel})
+            where = stats.label({k: stats.plain_value(r[k]) for k in panel})
             measure = r["measure"]
             value = (
                 "n/a"

@@ -75,7 +75,7 @@ def resolve_by(trials: pd.DataFrame, by: Sequence[str] | None) -> list[str]:
     return keys
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A group-key value as a plain, hashable Python value (missing -> None)."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return None
@@ -87,7 +87,7 @@ def _plain(value: Any) -> Any:
 
 
 def key_of(row: dict[str, Any] | pd.Series, by: Sequence[str]) -> tuple[Any, ...]:
-    return tuple(_plain(row[k]) for k in by)
+    return tuple(plain_value(row[k]) for k in by)
 
 
 Group = tuple[dict[str, Any], pd.DataFrame]
@@ -101,7 +101,7 @@ def groups(trials: pd.DataFrame, by: Sequence[str]) -> Iterator[Group]:
         return
     for key, frame in trials.groupby(by, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        yield {k: _plain(v) for k, v in zip(by, key, strict=True)}, frame
+        yield {k: plain_value(v) for k, v in zip(by, key, strict=True)}, frame
 
 
 def label(key: dict[str, Any]) -> str:
@@ -294,7 +294,7 @@ def durations(
     when_reached, when_censored = MEASURES[measure]
     frame = frame[frame["outcome"] != "error"]
     reached = (frame["outcome"] == "reached").to_numpy()
-    value = np.where(reached, _floats(frame[when_reached]), _floats(frame[when_censored]))
+    value = np.where(reached, as_floats(frame[when_reached]), as_floats(frame[when_censored]))
     if measure == "seconds_modelled":
         value = value * cost
     keep = np.isfinite(value)
@@ -363,7 +363,7 @@ def time_to_threshold(
     return pd.DataFrame(rows, columns=columns)
 
 
-def _floats(series: pd.Series) -> np.ndarray:
+def as_floats(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy()
 
 
@@ -598,7 +598,7 @@ def band(
     that stopped early drops out of later points (the band shows the seeds still running).
     """
     data = history[[*SEED_KEYS, x, y]]
-    data = data[np.isfinite(_floats(data[x])) & np.isfinite(_floats(data[y]))]
+    data = data[np.isfinite(as_floats(data[x])) & np.isfinite(as_floats(data[y]))]
     columns = [x, "median", "low", "high", "seeds"]
     if data.empty:
         return pd.DataFrame(columns=columns, dtype=float)
