@@ -2,9 +2,9 @@
 
 `installed(log_path)` swaps `fgray.trainable.run_trial` (which fgray.sweep looks up when it builds
 the Tune trainable) for `timed_run_trial` in the driver. The wrapper is pickled by value, so Ray's
-workers need not import this package; in a worker the module attribute is fgray's original
-function, which the wrapper runs and times, appending one JSON line per run to the file named by
-the FGRAY_BENCH_TRIAL_LOG environment variable (set before ray.init, so workers inherit it).
+workers need not import this package and the pickled copy carries the log path (a module global set
+before launch); in a worker the module attribute is fgray's original function, which the wrapper
+runs and times, appending one JSON line per run to that file.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-LOG_ENV = "FGRAY_BENCH_TRIAL_LOG"
+LOG_PATH: str | None = None  # set by installed(); travels with the pickled wrapper
 _ORIGINAL = "_bench_original_run_trial"
 
 
@@ -31,7 +31,7 @@ def timed_run_trial(config: dict[str, Any], plans: dict[str, dict[str, Any]]) ->
         run(config, plans)
     finally:
         seconds = time.perf_counter() - start
-        path = os.environ.get(LOG_ENV)
+        path = LOG_PATH
         if path:
             record = {
                 "plan": config.get("plan"),
@@ -49,7 +49,8 @@ def installed(log_path: str) -> Iterator[None]:
 
     import fgray.trainable as trainable
 
-    os.environ[LOG_ENV] = log_path
+    global LOG_PATH
+    LOG_PATH = log_path
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     original = trainable.run_trial
     setattr(trainable, _ORIGINAL, original)
@@ -60,6 +61,7 @@ def installed(log_path: str) -> Iterator[None]:
         trainable.run_trial = original
         delattr(trainable, _ORIGINAL)
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        LOG_PATH = None
 
 
 def read(log_path: str) -> list[dict[str, Any]]:

@@ -404,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nfgray {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fgray run ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

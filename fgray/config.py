@@ -53,7 +53,12 @@ class TrainConfig:
         None, "training-time cap per run in seconds (censors the rest)"
     )
     batch_size: int | None = _opt(None, "mini-batch size (default: full batch)")
-    eval_every: int = _opt(10, "evaluate on the test set every this many iterations")
+    check_every: int | None = _opt(
+        None,
+        "mini-batch runs: check the full training-set loss against the threshold every this "
+        "many iterations (default 1; full batch always checks every iteration)",
+    )
+    eval_every: int = _opt(10, "evaluate on the test set every this many (checked) iterations")
     data: str = _opt(
         "auto", "data set (auto: penguins for logreg/mlp, mnist-t10k for cnn)", ("auto",) + DATASETS
     )
@@ -97,6 +102,14 @@ class TrainConfig:
             _positive("max_seconds", self.max_seconds)
         if self.batch_size is not None:
             _at_least("batch_size", self.batch_size, 1)
+        if self.check_every is not None:
+            _at_least("check_every", self.check_every, 1)
+            if self.batch_size is None and self.check_every != 1:
+                raise ConfigError(
+                    "check_every",
+                    "applies to mini-batch runs (set batch_size); full batch checks every "
+                    "iteration",
+                )
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError("momentum", f"{self.momentum} must be in [0, 1)")
         if not 0.0 < self.test_fraction < 1.0:

@@ -146,6 +146,12 @@ class PopulationTrainer:
 
     def step(self) -> None:
         cfg, t = self.config, self.iteration
+        capped = t >= cfg.max_iters or (
+            cfg.max_seconds is not None and self.elapsed >= cfg.max_seconds
+        )
+        # Full batch gets the training-set loss with the gradient; mini-batches pay for a
+        # separate full-set pass, every `check_every` iterations.
+        check = cfg.batch_size is None or capped or t % (cfg.check_every or 1) == 0
         start = time.perf_counter()
         if cfg.batch_size is None:
             loss, grads = self.estimate(
@@ -153,15 +159,16 @@ class PopulationTrainer:
             )
         else:
             batch = self._next_batch(t)
-            with torch.no_grad():
-                loss = self.objective.loss(self.params)  # threshold check: full training set
-            _, grads = self.estimate(
+            loss, grads = self.estimate(
                 lambda p: self.objective.loss(p, batch),
                 self.params,
                 self.generators,
                 cfg.tangent,
                 cfg.tangents,
             )
+            if check:
+                with torch.no_grad():
+                    loss = self.objective.loss(self.params)  # threshold check: full training set
         finite = torch.stack(
             [p.reshape(self.population, -1).isfinite().all(1) for p in self.params.values()]
         ).all(0)
@@ -171,24 +178,25 @@ class PopulationTrainer:
         now = self.elapsed + compute_seconds
 
         running = self.running
+        nothing = np.zeros_like(running)
         diverged = running & ~finite_np
-        reached = running & finite_np & (loss_np < cfg.threshold)
+        reached = running & finite_np & (loss_np < cfg.threshold) if check else nothing
         stopping = reached | diverged
-        capped = t >= cfg.max_iters or (cfg.max_seconds is not None and now >= cfg.max_seconds)
-        censored = running & ~stopping if capped else np.zeros_like(running)
-
-        self._record(t, now, running, loss_np)
+        censored = running & ~stopping if capped else nothing
+        ended = stopping | censored
+        if check or diverged.any():
+            self._record(t, now, running if check else diverged, loss_np)
+            self.last_loss[running] = loss_np[running]
         self.status[reached], self.status[diverged], self.status[censored] = (
             REACHED,
             DIVERGED,
             CENSORED,
         )
-        ended = stopping | censored
         self.stop_iteration[ended] = t
         self.stop_seconds[ended] = now
-        self.last_loss[running] = loss_np[running]
-        if t % cfg.eval_every == 0 or ended.any():
-            self._evaluate(running if t % cfg.eval_every == 0 else ended)
+        evaluate = check and t % cfg.eval_every == 0
+        if evaluate or ended.any():
+            self._evaluate(running if evaluate else ended)
 
         start = time.perf_counter()
         still = self.running

@@ -44,8 +44,9 @@ def test_penguins_split_is_stratified_by_species(test_fraction):
     _, species = raw_penguins()
     per_class = np.unique(species, return_counts=True)[1]  # Adelie, Chinstrap, Gentoo
     assert torch.bincount(data.y_test).tolist() == np.round(test_fraction * per_class).tolist()
-    assert (torch.bincount(data.y_train) + torch.bincount(data.y_test)).tolist() == \
-        per_class.tolist()
+    assert (
+        torch.bincount(data.y_train) + torch.bincount(data.y_test)
+    ).tolist() == per_class.tolist()
 
 
 def test_penguins_train_and_test_rows_are_disjoint_and_cover_the_data():
@@ -149,17 +150,25 @@ def inputs_for(name: str) -> tuple[torch.Tensor, ...]:
     return ()
 
 
-@pytest.mark.parametrize(("name", "single_shape"), [
-    ("logreg", (16, 3)), ("mlp", (16, 3)), ("cnn", (16, 10)),
-    ("sphere", ()), ("rosenbrock", ()), ("beale", ()),
-])
+@pytest.mark.parametrize(
+    ("name", "single_shape"),
+    [
+        ("logreg", (16, 3)),
+        ("mlp", (16, 3)),
+        ("cnn", (16, 10)),
+        ("sphere", ()),
+        ("rosenbrock", ()),
+        ("beale", ()),
+    ],
+)
 def test_a_population_computes_each_seed_as_if_alone(name, single_shape):
     model = build_model(name)
     seeds = [0, 1, 2, 3]
     population = init_population(model, seeds)
     if name in ("sphere", "rosenbrock", "beale"):  # one fixed start: spread the seeds apart
-        population = {"xy": population["xy"] + torch.randn(4, 2, generator=torch.Generator()
-                                                           .manual_seed(0))}
+        population = {
+            "xy": population["xy"] + torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+        }
 
     together = functional_call(model, population, inputs_for(name))
 
@@ -183,5 +192,6 @@ def test_the_cnn_population_also_takes_per_seed_image_batches():
 
     for i in range(3):
         alone = {k: p[i] for k, p in population.items()}
-        torch.testing.assert_close(per_seed[i], functional_call(model, alone,
-                                                                (images[4 * i:4 * i + 4],)))
+        torch.testing.assert_close(
+            per_seed[i], functional_call(model, alone, (images[4 * i : 4 * i + 4],))
+        )

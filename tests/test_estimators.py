@@ -13,8 +13,13 @@ import pytest
 import torch
 
 from fgray.data import mnist_t10k, penguins
-from fgray.estimators import backprop, directional_derivative, draw_tangents, forward
-from fgray.estimators import forward_per_tensor
+from fgray.estimators import (
+    backprop,
+    directional_derivative,
+    draw_tangents,
+    forward,
+    forward_per_tensor,
+)
 from fgray.models import TestFunction, build_model, init_population
 from fgray.objective import Objective
 
@@ -42,13 +47,14 @@ def population(objective: Objective, seeds: list[int]) -> dict[str, torch.Tensor
     return params
 
 
-def autograd_gradient(objective: Objective, params: dict[str, torch.Tensor]
-                      ) -> dict[str, torch.Tensor]:
+def autograd_gradient(
+    objective: Objective, params: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """∇f per seed by plain reverse mode (each seed's loss depends only on its own slice)."""
     leaves = {k: p.detach().clone().requires_grad_() for k, p in params.items()}
     loss = objective.loss(leaves)
     grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
-    return dict(zip(leaves, grads))
+    return dict(zip(leaves, grads, strict=True))
 
 
 def flat(tensors: dict[str, torch.Tensor], seeds: int) -> torch.Tensor:
@@ -189,6 +195,5 @@ def test_rademacher_tangents_are_plus_or_minus_one_and_standardized_are_standard
         assert set(signs[k].unique().tolist()) <= {-1.0, 1.0}
         per_seed = standardized[k].reshape(len(SEEDS), -1)
         if per_seed.shape[1] > 1:
-            torch.testing.assert_close(per_seed.mean(1), torch.zeros(len(SEEDS)), atol=1e-5,
-                                       rtol=0)
+            torch.testing.assert_close(per_seed.mean(1), torch.zeros(len(SEEDS)), atol=1e-5, rtol=0)
             torch.testing.assert_close(per_seed.std(1), torch.ones(len(SEEDS)))
