@@ -1,4 +1,4 @@
-"""fgray's benchmark suite: `python -m benchmarks.run --write BENCHMARKS.md` (what `make bench` runs).
+"""fgray's benchmark suite: `python -m benchmarks.run --write BENCHMARKS.md` (`make bench`).
 
 Sections, each a module with `measure(settings) -> dict` and `render(result) -> str`:
 

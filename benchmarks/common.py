@@ -133,22 +133,29 @@ def quantile(sorted_xs: Sequence[float], q: float) -> float:
 
 
 # -- formatting ----------------------------------------------------------------------------------
-def fmt_seconds(s: float) -> str:
+_UNITS = (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9))
+
+
+def _unit(s: float) -> tuple[str, float]:
+    return next(((u, k) for u, k in _UNITS if s >= k), _UNITS[-1])
+
+
+def fmt_seconds(s: float | None) -> str:
     if s is None or not math.isfinite(s):
         return "–"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if s >= scale:
-            return f"{s / scale:.3g} {unit}"
-    return f"{s / 1e-9:.3g} ns"
+    unit, scale = _unit(s)
+    return f"{s / scale:.3g} {unit}"
 
 
 def fmt_time_stats(stats: dict[str, float]) -> str:
-    """'1.23 ms (1.20–1.31)': median and p10–p90."""
-    return f"{fmt_seconds(stats['median'])} ({_bare(stats['p10'])}–{_bare(stats['p90'])})"
-
-
-def _bare(s: float) -> str:
-    return fmt_seconds(s).split(" ")[0] if math.isfinite(s) else "–"
+    """'1.23 ms (1.20–1.31)': median and p10–p90, all in the median's unit."""
+    if not math.isfinite(stats["median"]):
+        return "–"
+    unit, scale = _unit(stats["median"])
+    return (
+        f"{stats['median'] / scale:.3g} {unit} "
+        f"({stats['p10'] / scale:.3g}–{stats['p90'] / scale:.3g})"
+    )
 
 
 def fmt_rate(x: float) -> str:

@@ -1,4 +1,4 @@
-"""Section 2: population throughput, in seed-iterations per second, through PopulationTrainer.step().
+"""Section 2: population throughput in seed-iterations per second, via PopulationTrainer.step().
 
 A population of S seeds trains as one vectorised pass. The threshold is never reached (1e-30) and
 test evaluation happens only at iteration 0 (before timing), so every seed stays active and every

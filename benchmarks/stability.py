@@ -24,8 +24,13 @@ from benchmarks.common import Settings, fmt_pct, fmt_seconds, summary, table
 
 NAME = "stability"
 LARGE = 1024 * 1024 * 1024  # 1 GiB: above any buffer of the CNN step
-MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
-               "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")
+MALLOC_VARS = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_MMAP_MAX_",
+    "GLIBC_TUNABLES",
+)
 RECOMMENDED = "MALLOC_MMAP_THRESHOLD_=1GiB + MALLOC_TRIM_THRESHOLD_=1GiB"
 DEFAULTS = "glibc defaults"
 # Setting either variable alone turns glibc's dynamic mmap threshold off and leaves the other at

@@ -94,12 +94,17 @@ def _run(root: str, label: str, document: dict[str, Any], settings: Settings) ->
     )
     log = os.path.join(directory, "trials.jsonl")
     with trial_timer.installed(log):
+        launched = time.time()
         start = time.perf_counter()
         outcome = launch(spec, verbose=0)
         wall = time.perf_counter() - start
+        returned = time.time()
     trials, _ = results.load(outcome.experiment_uri)
     timed = trial_timer.read(log)
     function_seconds = sum(r["seconds"] for r in timed) if timed else math.nan
+    # Before the first trial function starts: Tune's setup, actor start, torch import in workers.
+    to_first = min(r["started"] for r in timed) - launched if timed else math.nan
+    after_last = returned - max(r["ended"] for r in timed) if timed else math.nan
     compute_seconds = float(trials.groupby("trial_name")["train_seconds"].max().sum())
     reached = int((trials["outcome"] == "reached").sum())
     by_method = {}
@@ -125,6 +130,18 @@ def _run(root: str, label: str, document: dict[str, Any], settings: Settings) ->
         "trial_function_seconds": function_seconds,
         "timed_trial_runs": len(timed),
         "loop_compute_seconds": compute_seconds,
+        "seconds_to_first_trial": to_first,
+        "seconds_after_last_trial": after_last,
+        "worker_processes": len({r["pid"] for r in timed}),
+        "trial_runs": [
+            {
+                "plan": r["plan"],
+                "pid": r["pid"],
+                "seconds": r["seconds"],
+                "started": r["started"] - launched,
+            }
+            for r in sorted(timed, key=lambda r: r["started"])
+        ],
         "overhead_function": 1 - function_seconds / slots,
         "overhead_compute": 1 - compute_seconds / slots,
         "by_method": by_method,
@@ -182,6 +199,27 @@ def render(result: dict[str, Any]) -> str:
                 "errored trials",
             ],
             rows,
+        )
+    )
+    out.append("")
+    out.append(
+        "Where the wall time goes: from launch to the first trial function starting (Tune's "
+        "setup, starting worker processes and importing torch and fgray in them), and from the "
+        "last trial function returning to launch returning."
+    )
+    out.append("")
+    out.append(
+        table(
+            ["sweep", "launch → first trial", "last trial → return", "worker processes"],
+            [
+                (
+                    r["label"],
+                    f"{r['seconds_to_first_trial']:.1f} s",
+                    f"{r['seconds_after_last_trial']:.1f} s",
+                    r["worker_processes"],
+                )
+                for r in result["runs"]
+            ],
         )
     )
     out.append("")

@@ -123,8 +123,10 @@ def _stability_rows(result: dict[str, Any] | None) -> list[tuple[str, str, str, 
         return [(target, "cnn", "section `stability` not run", _verdict(None))]
     default = stability.row(result, stability.DEFAULTS)
     tuned = stability.row(result, stability.RECOMMENDED)
-    value = (f"CV {fmt_pct(default['cv_pooled'])} with glibc defaults, "
-             f"{fmt_pct(tuned['cv_pooled'])} with {tuned['environment']}")
+    value = (
+        f"CV {fmt_pct(default['cv_pooled'])} with glibc defaults, "
+        f"{fmt_pct(tuned['cv_pooled'])} with {tuned['environment']}"
+    )
     return [(target, "cnn", value, _verdict(tuned["cv_pooled"] <= stability.STABLE_CV))]
 
 

@@ -37,6 +37,7 @@ def timed_run_trial(config: dict[str, Any], plans: dict[str, dict[str, Any]]) ->
                 "plan": config.get("plan"),
                 "seconds": seconds,
                 "started": started,
+                "ended": time.time(),
                 "pid": os.getpid(),
             }
             with open(path, "a", encoding="utf-8") as f:

@@ -390,8 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fgray.sweep import SweepError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
     sub = _subparser(parser, args.command)
+    if extras:  # report against the subcommand's own usage, not the top-level one
+        sub.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return int(args.handler(args) or 0)
     except (UsageError, ConfigError, SpecError, SweepError, AnalysisError, ResultsError) as exc:

@@ -186,13 +186,14 @@ def lock_holder_alive(holder: dict[str, Any]) -> bool:
     return True
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join a cluster (`address`, or RAY_ADDRESS) or start Ray on this machine, dashboard off."""
+def connect(address: str | None = None, num_cpus: int | None = None, verbose: int = 1) -> None:
+    """Join a cluster (`address`, or RAY_ADDRESS) or start Ray on this machine, dashboard off.
+    At verbose 0 the workers' own log lines stay in Ray's log files."""
     import ray
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose > 0}
     if address:
         ray.init(address=address, **kwargs)
     elif os.environ.get("RAY_ADDRESS"):
@@ -360,7 +361,7 @@ def launch(
     with experiment_lock(uri):
         if overwrite:
             _clear(uri)
-        connect(address, num_cpus)
+        connect(address, num_cpus, verbose)
         check_resources(manifest)
         manifest.save()
         errors = _fit(_tuner(manifest, manifest.plans, manifest.name, verbose))
@@ -391,7 +392,7 @@ def resume(
     uri = results.locate(experiment_uri).uri
     manifest = Manifest.load(uri)
     with experiment_lock(uri):
-        connect(address, num_cpus)
+        connect(address, num_cpus, verbose)
         check_resources(manifest)
         errors: dict[str, str] = {}
         if tune.Tuner.can_restore(uri):

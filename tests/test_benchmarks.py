@@ -16,15 +16,26 @@ def test_quick_step_section_writes_its_tables(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "step", "--write", str(out)],
-        cwd=ROOT, check=True, timeout=120, capture_output=True, text=True,
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
     )
     text = out.read_text(encoding="utf-8")
     assert text.startswith("# fgray benchmarks")
-    for heading in ("## 1. Per-iteration cost", "### Times", "### Ratios to forward-only",
-                    "### Tangent draw", "## 4. Targets"):
+    for heading in (
+        "## 1. Per-iteration cost",
+        "### Times",
+        "### Ratios to forward-only",
+        "### Tangent draw",
+        "## 4. Targets",
+    ):
         assert heading in text
-    for header in ("| model | threads | forward-only | fg forward_ad | fg torch.func.jvp |",
-                   "| target | model | measured | verdict |"):
+    for header in (
+        "| model | threads | forward-only | fg forward_ad | fg torch.func.jvp |",
+        "| target | model | measured | verdict |",
+    ):
         assert header in text
     for model in ("logreg", "mlp", "cnn", "peer-mlp"):
         assert f"| {model} | 1 |" in text

@@ -25,8 +25,11 @@ def test_head_cpu_and_gpu_worker_types():
     assert types[config["head_node_type"]]["resources"] == {"CPU": 0}  # trials stay off the head
     instance = {name: t["node_config"]["InstanceType"] for name, t in types.items()}
     assert any(i.startswith(("g4", "g5", "g6", "p3", "p4", "p5")) for i in instance.values())
-    assert any(i.startswith(("c5", "c6", "c7", "m5", "m6", "m7")) for n, i in instance.items()
-               if n != config["head_node_type"])
+    assert any(
+        i.startswith(("c5", "c6", "c7", "m5", "m6", "m7"))
+        for n, i in instance.items()
+        if n != config["head_node_type"]
+    )
     assert config["provider"]["type"] == "aws"
 
 

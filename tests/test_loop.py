@@ -212,18 +212,25 @@ def test_save_and_restore_mid_run_continues_exactly_as_without_the_break(changes
         assert [r[key] for r in again] == [r[key] for r in fresh]
 
 
-def test_restore_after_some_seeds_stopped_keeps_them_stopped(tmp_path):
-    config = TrainConfig(model="logreg", method="backprop", lr=0.2, threshold=0.3)
-    uninterrupted = train(config, range(8))
+@pytest.mark.parametrize(
+    ("config", "seeds"),
+    [
+        (TrainConfig(model="logreg", method="backprop", lr=0.2, threshold=0.3), range(8)),
+        (TrainConfig(model="mlp", method="forward", lr=0.05, threshold=0.2), [0, 1, 2, 16]),
+    ],
+    ids=["some-reached", "some-diverged"],
+)
+def test_restore_after_some_seeds_stopped_keeps_them_stopped(config, seeds, tmp_path):
+    uninterrupted = train(config, seeds)
     stops = sorted(r.iterations_run for r in uninterrupted.results())
-    halfway = stops[3] + 1  # four seeds have reached the threshold, four are running
+    halfway = stops[len(stops) // 2 - 1] + 1  # half the seeds have stopped, half are running
 
-    first = PopulationTrainer(config, range(8))
+    first = PopulationTrainer(config, seeds)
     first.run(until=halfway)
     first.save(str(tmp_path / "state.pt"))
-    resumed = PopulationTrainer(config, range(8))
+    resumed = PopulationTrainer(config, seeds)
     resumed.restore(str(tmp_path / "state.pt"))
-    assert (~resumed.running).sum() >= 4
+    assert (~resumed.running).sum() == len(stops) // 2
     resumed.run()
 
     assert outcomes(resumed) == outcomes(uninterrupted)
