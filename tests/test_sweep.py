@@ -259,3 +259,24 @@ def test_cli_subprocess_smoke(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "trials complete: 1/1" in done.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path):
+    import os
+    import signal
+
+    path = write_spec(tmp_path, "ctrlc", **SLOW)
+    experiment = Path(load_spec(path).experiment_uri())
+    log = tmp_path / "sweep.log"
+    driver = start_driver(["sweep", str(path), "--num-cpus", "2", "--verbose", "0"], log)
+    wait_for(lambda: len(checkpoints(experiment)) >= 1, 120, "a trial checkpoint")
+    os.kill(driver.pid, signal.SIGINT)
+    try:
+        code = driver.wait(timeout=120)
+    finally:
+        kill_group(driver)
+    text = log.read_text()
+    assert code != 0
+    assert f"fgray resume {experiment}" in text
+    assert "Traceback" not in text
