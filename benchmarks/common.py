@@ -153,9 +153,13 @@ def fmt_time_stats(stats: dict[str, float]) -> str:
         return "–"
     unit, scale = _unit(stats["median"])
     return (
-        f"{stats['median'] / scale:.3g} {unit} "
-        f"({stats['p10'] / scale:.3g}–{stats['p90'] / scale:.3g})"
+        f"{_num(stats['median'] / scale)} {unit} "
+        f"({_num(stats['p10'] / scale)}–{_num(stats['p90'] / scale)})"
     )
+
+
+def _num(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.3g}"
 
 
 def fmt_rate(x: float) -> str:

@@ -23,7 +23,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from fgray.models import Params
+from fgray.models import Params, per_seed
 
 # torch's forward-AD decompositions still call torch.jit.script on first use; the warning is
 # torch's to fix and says nothing about fgray.
@@ -62,11 +62,6 @@ def draw_tangents(params: Params, generators: Sequence[torch.Generator], kind: s
     return tangents
 
 
-def _per_seed(scalar: Tensor, like: Tensor) -> Tensor:
-    """Broadcast a (S,) tensor against a (S, ...) tensor."""
-    return scalar.reshape(-1, *([1] * (like.dim() - 1)))
-
-
 def directional_derivative(
     loss_fn: LossFn, params: Params, tangent: Params
 ) -> tuple[Tensor, Tensor]:
@@ -94,6 +89,27 @@ def backprop(
     return loss.detach(), dict(zip(leaves, grads, strict=False))
 
 
+def _forward_gradient(
+    loss_fn: LossFn,
+    params: Params,
+    generators: Sequence[torch.Generator],
+    tangent: str,
+    tangents: int,
+    jvp_groups: list[list[str]],
+) -> Estimate:
+    """Average over K tangents of Σ_groups (∇_group f · v_group) v_group: one jvp per group."""
+    loss = None
+    grads = {k: torch.zeros_like(p) for k, p in params.items()}
+    for _ in range(tangents):
+        v = draw_tangents(params, generators, tangent)
+        for names in jvp_groups:
+            value, jvp = directional_derivative(loss_fn, params, {k: v[k] for k in names})
+            loss = value if loss is None else loss
+            for k in names:
+                grads[k] += per_seed(jvp, v[k]) * v[k]
+    return loss, _mean(grads, tangents)
+
+
 def forward(
     loss_fn: LossFn,
     params: Params,
@@ -102,15 +118,7 @@ def forward(
     tangents: int = 1,
 ) -> Estimate:
     """Forward gradient (∇f·v) v over all parameters jointly, averaged over K tangents."""
-    loss = None
-    grads = {k: torch.zeros_like(p) for k, p in params.items()}
-    for _ in range(tangents):
-        v = draw_tangents(params, generators, tangent)
-        value, jvp = directional_derivative(loss_fn, params, v)
-        loss = value if loss is None else loss
-        for k in grads:
-            grads[k] += _per_seed(jvp, v[k]) * v[k]
-    return loss, _mean(grads, tangents)
+    return _forward_gradient(loss_fn, params, generators, tangent, tangents, [list(params)])
 
 
 def forward_per_tensor(
@@ -121,15 +129,8 @@ def forward_per_tensor(
     tangents: int = 1,
 ) -> Estimate:
     """Per-tensor forward gradient: tensor i gets (∂f/∂θ_i · v_i) v_i from its own jvp."""
-    loss = None
-    grads = {k: torch.zeros_like(p) for k, p in params.items()}
-    for _ in range(tangents):
-        v = draw_tangents(params, generators, tangent)
-        for k in params:
-            value, jvp = directional_derivative(loss_fn, params, {k: v[k]})
-            loss = value if loss is None else loss
-            grads[k] += _per_seed(jvp, v[k]) * v[k]
-    return loss, _mean(grads, tangents)
+    groups = [[k] for k in params]
+    return _forward_gradient(loss_fn, params, generators, tangent, tangents, groups)
 
 
 def _mean(grads: Params, k: int) -> Params:

@@ -20,6 +20,11 @@ from fgray.config import TEST_FUNCTIONS
 Params = dict[str, Tensor]
 
 
+def per_seed(values: Tensor, like: Tensor) -> Tensor:
+    """View a per-seed (S,) tensor so it broadcasts against a (S, ...) tensor."""
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+
 def dense(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """x @ W + b for x (..., N, in), W (in, out) or (S, in, out), b (out,) or (S, out).
 
@@ -211,5 +216,5 @@ def init_params(model: nn.Module, generator: torch.Generator) -> Params:
 
 def init_population(model: nn.Module, seeds: list[int]) -> Params:
     """Stacked initial parameters (S, *shape): each seed's own, as if initialised alone."""
-    per_seed = [init_params(model, torch.Generator().manual_seed(s)) for s in seeds]
-    return {k: torch.stack([p[k] for p in per_seed]) for k in per_seed[0]}
+    inits = [init_params(model, torch.Generator().manual_seed(s)) for s in seeds]
+    return {k: torch.stack([p[k] for p in inits]) for k in inits[0]}

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from fgray.config import TrainConfig
-from fgray.models import Params
+from fgray.models import Params, per_seed
 
 
 def build_optimizer(config: TrainConfig, params: Params) -> torch.optim.Optimizer:
@@ -36,10 +35,6 @@ def masked_step(
     if frozen is not None:
         mask = torch.as_tensor(active, device=next(iter(params.values())).device)
         for k, p in params.items():
-            p.copy_(torch.where(_per_seed(mask, p), p, frozen[k]))
+            p.copy_(torch.where(per_seed(mask, p), p, frozen[k]))
     for p in params.values():
         p.grad = None
-
-
-def _per_seed(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.reshape(-1, *([1] * (like.dim() - 1)))
