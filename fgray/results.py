@@ -103,12 +103,21 @@ class Location:
         path = "/".join([self.path.rstrip("/"), *parts])
         return Location(self.fs, path, "/".join([self.uri.rstrip("/"), *parts]))
 
+    def exists(self) -> bool:
+        return _exists(self)
+
 
 def locate(uri: str) -> Location:
     """Resolve a local path (relative allowed) or a filesystem URI."""
     if "://" not in uri:
         uri = os.path.abspath(os.path.expanduser(uri))
-    fs, path = pafs.FileSystem.from_uri(uri)
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowException, ValueError) as exc:
+        raise ResultsError(
+            f"{uri} is not a path or a storage URI fgray can open ({exc}); use a local "
+            "directory or e.g. s3://bucket/prefix"
+        ) from None
     return Location(fs, path, uri)
 
 

@@ -11,6 +11,7 @@ damaged, so every seed ends up in the results exactly once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -66,6 +67,13 @@ class Manifest:
             spec.source,
         )
 
+    def rebase(self, experiment_uri: str) -> None:
+        """Point the manifest (and every trial's results) at the experiment's new place."""
+        self.experiment_uri = experiment_uri
+        self.storage = experiment_uri.rstrip("/").rsplit("/", 1)[0]
+        for plan in self.plans:
+            plan["experiment_uri"] = experiment_uri
+
     def save(self) -> None:
         loc = results.locate(self.experiment_uri)
         loc.fs.create_dir(loc.path, recursive=True)
@@ -78,11 +86,19 @@ class Manifest:
         try:
             with loc.fs.open_input_stream(loc.path) as stream:
                 return cls(**json.loads(stream.read()))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            if not results.locate(experiment_uri).exists():
+                raise SweepError(
+                    f"{experiment_uri} does not exist (deleted, moved, or its storage is not "
+                    "mounted); pass the directory the experiment is in now, or start it again "
+                    "with `fgray sweep SPEC`"
+                ) from None
             raise SweepError(
                 f"{experiment_uri} is not an fgray experiment (no {MANIFEST}); pass "
                 "the directory that `fgray sweep` printed"
             ) from None
+        except OSError as exc:
+            raise SweepError(f"cannot read {loc.uri} ({exc})") from None
         except (ValueError, TypeError) as exc:
             raise SweepError(
                 f"{loc.uri} is damaged ({exc}); re-run the sweep with "
@@ -118,7 +134,7 @@ def check_writable(uri: str) -> None:
         with loc.fs.open_output_stream(probe.path) as out:
             out.write(b"ok")
         loc.fs.delete_file(probe.path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, results.ResultsError) as exc:
         raise SweepError(
             f"storage {uri} is not writable ({exc}); choose another `storage` in the "
             "spec or fix its permissions"
@@ -139,36 +155,61 @@ def experiment_lock(uri: str) -> Iterator[None]:
     loc = results.locate(uri)
     lock = loc.join(LOCK)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
-    if loc.fs.get_file_info(lock.path).type == pafs.FileType.File:
-        with loc.fs.open_input_stream(lock.path) as stream:
-            try:
-                holder = json.loads(stream.read())
-            except ValueError:
-                holder = {}
-        if lock_holder_alive(holder):
-            raise SweepError(
-                f"{uri} is in use by fgray pid {holder.get('pid')} on "
-                f"{holder.get('host')}; wait for it to finish or stop it first"
-            )
     loc.fs.create_dir(loc.path, recursive=True)
-    if lock.fs is not None and isinstance(lock.fs, pafs.LocalFileSystem):
-        # O_EXCL makes taking the lock atomic between two drivers on one machine.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock.path)
-        try:
-            fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            raise SweepError(f"{uri} is in use by another fgray process") from None
-        with os.fdopen(fd, "w") as out:
-            json.dump(me, out)
+    if isinstance(lock.fs, pafs.LocalFileSystem):
+        _take_local_lock(uri, lock.path, me)
     else:
+        _refuse_if_held(uri, lock)
         with lock.fs.open_output_stream(lock.path) as out:
             out.write(json.dumps(me).encode())
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            lock.fs.delete_file(lock.path)
+        # Remove the lock only while it is still ours (never another driver's).
+        if _read_holder(lock) == me:
+            with contextlib.suppress(OSError):
+                lock.fs.delete_file(lock.path)
+
+
+def _read_holder(lock: results.Location) -> dict[str, Any]:
+    try:
+        with lock.fs.open_input_stream(lock.path) as stream:
+            holder = json.loads(stream.read())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _refuse_if_held(uri: str, lock: results.Location) -> None:
+    if lock.fs.get_file_info(lock.path).type != pafs.FileType.File:
+        return
+    holder = _read_holder(lock)
+    if lock_holder_alive(holder):
+        raise SweepError(
+            f"{uri} is in use by fgray pid {holder.get('pid')} on {holder.get('host')}; wait "
+            "for it to finish or stop it first (if that driver is gone, e.g. its machine was "
+            f"replaced, delete {lock.uri} and run this again)"
+        )
+
+
+def _take_local_lock(uri: str, path: str, me: dict[str, Any]) -> None:
+    """Check the lock, clear a dead driver's and take it, as one step between local drivers:
+    flock on the experiment directory serialises them, O_EXCL makes the take itself atomic."""
+    directory = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # no flock (some network filesystems): O_EXCL only
+            fcntl.flock(directory, fcntl.LOCK_EX)
+        _refuse_if_held(uri, results.locate(path))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a dead driver's lock (a live one's was refused above)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise SweepError(f"{uri} is in use by another fgray process") from None
+        with os.fdopen(fd, "w") as out:
+            json.dump(me, out)
+    finally:
+        os.close(directory)  # releases the flock
 
 
 def lock_holder_alive(holder: dict[str, Any]) -> bool:
@@ -392,16 +433,43 @@ def resume(
     uri = results.locate(experiment_uri).uri
     manifest = Manifest.load(uri)
     with experiment_lock(uri):
+        if manifest.experiment_uri != uri:  # moved or copied since launch: results go here now
+            manifest.rebase(uri)
+            manifest.save()
         connect(address, num_cpus, verbose)
         check_resources(manifest)
         errors: dict[str, str] = {}
-        if tune.Tuner.can_restore(uri):
-            tuner = tune.Tuner.restore(
-                uri, trainable=_trainable(manifest), resume_unfinished=True, resume_errored=True
-            )
+        tuner = _restored_tuner(manifest)
+        if tuner is not None:
             errors = _fit(tuner)
         errors.update(_repair(manifest, set(errors), verbose))
         return _finish(manifest, errors)
+
+
+def _restored_tuner(manifest: Manifest) -> Any | None:
+    """Tune's saved experiment, or None when there is none to restore: the driver died before
+    Tune saved its first experiment state, or Tune's files are damaged. The repair run then
+    trains the unfinished plans from scratch, which gives the same results (training is
+    deterministic), only later."""
+    from ray import tune
+
+    uri = manifest.experiment_uri
+    loc = results.locate(uri)
+    names = [i.base_name for i in loc.fs.get_file_info(pafs.FileSelector(loc.path))]
+    saved = any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
+    if not (saved and tune.Tuner.can_restore(uri)):
+        return None
+    try:
+        return tune.Tuner.restore(
+            uri, trainable=_trainable(manifest), resume_unfinished=True, resume_errored=True
+        )
+    except Exception as exc:  # e.g. a tuner.pkl cut short by a kill
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        print(
+            f"fgray: Tune's saved state in {uri} cannot be read ({type(exc).__name__}: "
+            f"{reason}); re-running the unfinished trials from scratch"
+        )
+        return None
 
 
 def _repair(manifest: Manifest, failed: set[str], verbose: int) -> dict[str, str]:
