@@ -272,12 +272,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from fgray.loop import PopulationTrainer
+    from fgray.runtime import keep_large_allocations
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig.from_dict(values)
     if args.threads < 1:
         raise UsageError("--threads must be >= 1")
     torch.set_num_threads(args.threads)
+    keep_large_allocations()
     trainer = PopulationTrainer(config, args.seeds)
     progress = Progress(not args.quiet)
     try:

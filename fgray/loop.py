@@ -106,7 +106,8 @@ class PopulationTrainer:
         kernel initialisation) are not charged to the first timed iteration."""
         scratch = {k: p.clone() for k, p in self.params.items()}
         generators = [torch.Generator(self.device).manual_seed(0) for _ in self.seeds]
-        self.estimate(self.objective.loss, scratch, generators, self.config.tangent, 1)
+        _, grads = self.estimate(self.objective.loss, scratch, generators, self.config.tangent, 1)
+        masked_step(build_optimizer(self.config, scratch), scratch, grads, self.running)
 
     # -- running ----------------------------------------------------------------------------
     @property

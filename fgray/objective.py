@@ -21,23 +21,32 @@ class _CrossEntropyClassFirst(torch.autograd.Function):
     Its jvp and vjp are written out from p = softmax(z): d(loss) = mean_n(Σ_c p·t - t[y]) and
     ∇z = (p - onehot(y)) / N. torch's own forward-AD rule for log_softmax runs through a slow
     decomposition and materialises the full log-softmax tangent; this is ~2x faster at S=256.
+    Written in the setup_context style so torch.func transforms (jvp, vmap) work through it.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, z: Tensor, labels: Tensor) -> Tensor:
+    def forward(z: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logp = torch.log_softmax(z, 0)
-        p = logp.exp()
+        loss = 0.0 - logp.gather(0, labels).squeeze(0).mean(-1)  # 0 - x: a perfect fit is 0
+        return loss, logp.exp()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: tuple) -> None:
+        _, labels = inputs
+        _, p = output
+        ctx.mark_non_differentiable(p)
         ctx.save_for_backward(p, labels)
         ctx.save_for_forward(p, labels)
-        return 0.0 - logp.gather(0, labels).squeeze(0).mean(-1)  # 0 - x: a perfect fit is 0
 
     @staticmethod
-    def jvp(ctx: Any, tangent: Tensor, _: Any) -> Tensor:
+    def jvp(ctx: Any, tangent: Tensor, _: Any) -> tuple[Tensor, None]:
         p, labels = ctx.saved_tensors
-        return ((p * tangent).sum(0) - tangent.gather(0, labels).squeeze(0)).mean(-1)
+        return ((p * tangent).sum(0) - tangent.gather(0, labels).squeeze(0)).mean(-1), None
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: Any, grad: Tensor, _: Any) -> tuple[Tensor, None]:
         p, labels = ctx.saved_tensors
         grad_z = p.scatter_add(0, labels, torch.full_like(labels, -1, dtype=p.dtype))
         return grad_z * (grad.unsqueeze(0).unsqueeze(-1) / p.shape[-1]), None
@@ -51,7 +60,8 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     kernel is 8x slower at 256 seeds.
     """
     labels = labels.expand(logits.shape[:-1]).unsqueeze(0)
-    return _CrossEntropyClassFirst.apply(logits.movedim(-1, 0), labels)
+    loss, _ = _CrossEntropyClassFirst.apply(logits.movedim(-1, 0), labels)
+    return loss
 
 
 class Objective:

@@ -2,8 +2,9 @@
 
 A plan (one trial's config and seeds) is *done* when its results are complete and readable,
 *errored* when its rows record an error, *in progress* when Tune holds a checkpoint for it, and
-*pending* otherwise. The report says, per group, how many seeds are in each state and what
-`fgray resume` would do with them.
+*pending* otherwise. The experiment is *running* while its driver lives, *finished* when every plan
+has its rows (results, or the error that stopped it) and *interrupted* otherwise. The report says,
+per group, how many seeds are in each state and what `fgray resume` would do with them.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ class Status:
 
     def resume_plan(self) -> str:
         n = {s: len(self.plans.get(s, [])) for s in STATES}
-        if self.state == "finished" and not self.damaged:
-            return "resume: nothing to do; every seed has its result"
         if self.state == "running":
             return "resume: not now; a driver is running this experiment"
+        if not (n["in progress"] or n["pending"] or n["errored"] or self.damaged):
+            return "resume: nothing to do; every seed has its result"
         return (
             f"resume: `fgray resume {self.experiment_uri}` would keep {n['done']} finished "
             f"trials, continue {n['in progress']} from their checkpoints, retry "
@@ -108,8 +109,8 @@ def experiment_status(experiment_uri: str) -> Status:
     holder = _driver(experiment_uri)
     if lock_holder_alive(holder):
         state, who = "running", f" (driver pid {holder.get('pid')} on {holder.get('host')})"
-    elif len(plans["done"]) == len(manifest.plans):
-        state, who = "finished", ""
+    elif not plans["in progress"] and not plans["pending"]:
+        state, who = "finished", ""  # every plan has its rows (results or errors)
     else:
         state, who = "interrupted", ""
     return Status(experiment_uri, state, dict(seeds), dict(plans), scan.corrupt, who)

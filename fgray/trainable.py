@@ -23,6 +23,7 @@ import fgray
 from fgray import results
 from fgray.config import TrainConfig
 from fgray.loop import PopulationTrainer
+from fgray.runtime import keep_large_allocations
 
 STATE_FILE = "loop_state.pt"
 
@@ -30,6 +31,7 @@ STATE_FILE = "loop_state.pt"
 def run_trial(config: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
     """Tune entry point: `config["plan"]` names one of `plans` (made by fgray.sweep)."""
     plan = plans[config["plan"]]
+    keep_large_allocations()
     torch.set_num_threads(max(1, int(plan.get("threads", 1))))
     trainer = PopulationTrainer(TrainConfig.from_dict(plan["config"]), plan["seeds"])
     checkpoint = tune.get_checkpoint()

@@ -68,8 +68,12 @@ def panels(
     """(panel key, its series) for every panel; history rows are split to match."""
     by = list(by)
     panel_by = [k for k in by if k != "method"] if panel_by is None else list(panel_by)
+    # plain_value per cell, outside pandas: Series.map would turn None back into NaN (NaN != NaN)
     row_keys = (
-        list(zip(*[trials[k].map(stats.plain_value) for k in panel_by], strict=True))
+        [
+            tuple(stats.plain_value(v) for v in row)
+            for row in zip(*[trials[k].tolist() for k in panel_by], strict=True)
+        ]
         if panel_by
         else [()] * len(trials)
     )
