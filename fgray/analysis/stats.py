@@ -271,6 +271,10 @@ def median_summary(
             for side, band, v in (("lower", "upper", low), ("upper", "lower", high))
             if math.isnan(v)
         ]
+        if 2 * r.sum() < d.size:
+            # Seeds censored early (diverged) leave the at-risk set, so a few reached seeds can
+            # carry the KM curve past 0.5: say so rather than let the median look solid.
+            notes.append(f"only {int(r.sum())} of {d.size} reached: the KM median rests on them")
         out["ci_note"] = "; ".join(notes)
         return out
     median, low, high = bootstrap_median(d[r], confidence, seed, n_resamples)
