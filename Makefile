@@ -37,7 +37,7 @@ format: setup
 	$(BIN)/ruff check --fix fgray tests benchmarks
 
 bench: setup
-	$(BIN)/python -m benchmarks.run --write BENCHMARKS.md
+	$(BIN)/python -m benchmarks.run --big --write BENCHMARKS.md
 
 clean:
 	rm -rf $(RESULTS) reports .pytest_cache .ruff_cache

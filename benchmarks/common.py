@@ -54,31 +54,47 @@ def all_threads() -> int:
 # -- timing --------------------------------------------------------------------------------------
 def time_interleaved(
     calls: dict[str, Callable[[], Any]], settings: Settings, repeats: int | None = None
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Seconds per call of each callable: `repeats` blocks each, the callables taking turns.
 
-    Each callable is first warmed up, then given an inner count so that one block lasts at least
-    `min_block_seconds`; a block's value is its mean seconds per call. Taking turns block by block
-    spreads any slow phase of a busy machine over all callables instead of one.
+    Each callable is warmed up, then given an inner count (from its median warm-up call) so that
+    one block lasts at least `min_block_seconds`; a block's value is its mean seconds per call.
+    Taking turns block by block spreads any slow phase of a busy machine over all callables.
+    A callable that raises on its first call is left out: (samples, {name: error message}).
     """
     repeats = repeats or settings.repeats
     inner = {}
-    for name, call in calls.items():
-        for _ in range(settings.warmup):
+    errors = {}
+    for name, call in list(calls.items()):
+        try:
+            call()  # first call: lazy initialisation, not counted
+        except Exception as exc:  # a broken variant must not stop the suite
+            errors[name] = error_message(exc)
+            continue
+        warm = []
+        for _ in range(max(1, settings.warmup)):
+            start = time.perf_counter()
             call()
-        start = time.perf_counter()
-        call()
-        once = time.perf_counter() - start
+            warm.append(time.perf_counter() - start)
+        once = statistics.median(warm)
         inner[name] = max(1, math.ceil(settings.min_block_seconds / max(once, 1e-9)))
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
+            if name in errors:
+                continue
             n = inner[name]
             start = time.perf_counter()
             for _ in range(n):
                 call()
             samples[name].append((time.perf_counter() - start) / n)
-    return samples
+    return samples, errors
+
+
+def error_message(exc: BaseException) -> str:
+    """The exception's type and the first line of its message, for a report's notes."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 class threads:  # noqa: N801 - used as a context manager, like torch.no_grad

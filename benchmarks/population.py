@@ -8,11 +8,13 @@ step. Throughput = S × steps / wall seconds, per block of steps; median and p10
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
 from benchmarks.common import (
     Settings,
+    error_message,
     fmt_rate,
     fmt_seconds,
     summary,
@@ -73,7 +75,18 @@ def measure(settings: Settings) -> dict[str, Any]:
         for method in METHODS:
             for n in counts:
                 with threads(n):
-                    rows.append(_measure_one(settings, model, method, population, n))
+                    try:
+                        rows.append(_measure_one(settings, model, method, population, n))
+                    except Exception as exc:  # one broken configuration must not stop the rest
+                        rows.append(
+                            {
+                                "model": model,
+                                "method": method,
+                                "population": population,
+                                "threads": n,
+                                "error": error_message(exc),
+                            }
+                        )
     return {"rows": rows, "threshold": NEVER}
 
 
@@ -81,11 +94,13 @@ def _measure_one(
     settings: Settings, model: str, method: str, population: int, n_threads: int
 ) -> dict[str, Any]:
     t = trainer(model, method, population, settings.quick)
-    for _ in range(max(2, settings.warmup // 2)):  # iteration 0 also evaluates: not timed
+    t.step()  # iteration 0 also evaluates on the test set: not timed
+    warm = []
+    for _ in range(max(2, settings.warmup // 2)):
+        start = time.perf_counter()
         t.step()
-    start = time.perf_counter()
-    t.step()
-    once = time.perf_counter() - start
+        warm.append(time.perf_counter() - start)
+    once = statistics.median(warm)
     n_blocks, seconds = blocks(settings, model, population)
     steps = max(1, round(seconds / max(once, 1e-9)))
     rates, step_seconds = [], []
@@ -111,7 +126,11 @@ def _measure_one(
 
 def best_rate(result: dict[str, Any], model: str, method: str) -> tuple[float, dict[str, Any]]:
     """The highest median throughput of (model, method) over populations and thread counts."""
-    rows = [r for r in result["rows"] if r["model"] == model and r["method"] == method]
+    rows = [
+        r
+        for r in result["rows"]
+        if r["model"] == model and r["method"] == method and "error" not in r
+    ]
     if not rows:
         return float("nan"), {}
     row = max(rows, key=lambda r: r["seed_iterations_per_second"]["median"])
@@ -129,6 +148,21 @@ def render(result: dict[str, Any]) -> str:
     out.append("")
     rows = []
     for r in result["rows"]:
+        if "error" in r:
+            rows.append(
+                (
+                    r["model"],
+                    r["method"],
+                    r["population"],
+                    r["threads"],
+                    f"error: `{r['error']}`",
+                    "",
+                    "",
+                    "",
+                    "",
+                )
+            )
+            continue
         rate = r["seed_iterations_per_second"]
         rows.append(
             (

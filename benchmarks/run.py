@@ -17,11 +17,12 @@ import os
 import shlex
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 from benchmarks import population, stability, step, sweep, targets
-from benchmarks.common import Settings, machine, table
+from benchmarks.common import Settings, error_message, machine, table
 
 SECTIONS = {module.NAME: module for module in (step, population, sweep, stability)}
 
@@ -46,7 +47,11 @@ def run(sections: Sequence[str], settings: Settings, log: Any = sys.stderr) -> d
     for name in sections:
         print(f"benchmarks: {name} ...", file=log, flush=True)
         began = time.perf_counter()
-        results[name] = SECTIONS[name].measure(settings)
+        try:
+            results[name] = SECTIONS[name].measure(settings)
+        except Exception as exc:  # one broken section must not lose the others
+            traceback.print_exc(file=log)
+            results[name] = {"error": error_message(exc)}
         print(f"benchmarks: {name} took {time.perf_counter() - began:.1f} s", file=log, flush=True)
     return {
         "machine": info,
@@ -101,11 +106,17 @@ def render(report: dict[str, Any], command: str) -> str:
     sections = report["sections"]
     for name in ("step", "population", "sweep"):
         if name in sections:
-            out += ["", SECTIONS[name].render(sections[name])]
-    out += ["", targets.render(sections)]
+            out += ["", _render_section(name, sections[name])]
+    out += ["", targets.render(sections, quick=settings["quick"])]
     if stability.NAME in sections:
-        out += ["", stability.render(sections[stability.NAME])]
+        out += ["", _render_section(stability.NAME, sections[stability.NAME])]
     return "\n".join(out) + "\n"
+
+
+def _render_section(name: str, result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"## {name}\n\nThis section failed: `{result['error']}` (traceback on stderr)."
+    return SECTIONS[name].render(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Settings, fmt_pct, fmt_seconds, summary, table
+from benchmarks.common import Settings, fmt_pct, fmt_time_stats, summary, table
 
 NAME = "stability"
 LARGE = 1024 * 1024 * 1024  # 1 GiB: above any buffer of the CNN step
@@ -162,7 +162,7 @@ def render(result: dict[str, Any]) -> str:
         (
             r["environment"],
             f"{r['runs']}×{r['steps_per_run']}",
-            f"{fmt_seconds(r['median'])} ({fmt_seconds(r['p10'])}–{fmt_seconds(r['p90'])})",
+            fmt_time_stats(r),
             fmt_pct(r["cv_within_run"]),
             fmt_pct(r["cv_pooled"]),
             fmt_pct(r["cv_between_run_medians"]),

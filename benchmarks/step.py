@@ -10,6 +10,7 @@ Python, to dominate; on it the tangent draw is timed on its own, normal against 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -147,8 +148,8 @@ def measure(settings: Settings) -> dict[str, Any]:
         calls, draws = _calls(case)
         for n in settings.thread_counts:
             with threads(n):
-                samples = time_interleaved(calls, settings)
-                draw_samples = time_interleaved(draws, settings)
+                samples, errors = time_interleaved(calls, settings)
+                draw_samples, draw_errors = time_interleaved(draws, settings)
             rows.append(
                 {
                     "model": case.name,
@@ -157,6 +158,7 @@ def measure(settings: Settings) -> dict[str, Any]:
                     "threads": n,
                     "times": {k: summary(v) for k, v in samples.items()},
                     "tangent_draw": {k: summary(v) for k, v in draw_samples.items()},
+                    "errors": {**errors, **draw_errors},
                 }
             )
     return {"rows": rows}
@@ -191,10 +193,7 @@ def render(result: dict[str, Any]) -> str:
     out.append(
         table(
             headers,
-            [
-                (r["model"], r["threads"], *(fmt_time_stats(r["times"][v]) for v in VARIANTS))
-                for r in rows
-            ],
+            [(r["model"], r["threads"], *(_cell(r, v) for v in VARIANTS)) for r in rows],
         )
     )
     out.append("")
@@ -252,6 +251,13 @@ def render(result: dict[str, Any]) -> str:
         )
     )
     out.append("")
+    failures = {
+        (r["model"], name, message) for r in rows for name, message in r.get("errors", {}).items()
+    }
+    if failures:
+        out.append("Variants that failed (left out of the tables):")
+        out += [f"- {model}, {name}: `{message}`" for model, name, message in sorted(failures)]
+        out.append("")
     best = best_times(result)
     out.append(
         "Fastest setting per model (min over thread counts of the medians): "
@@ -266,11 +272,18 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _cell(row: dict[str, Any], variant: str) -> str:
+    return "error" if variant in row.get("errors", {}) else fmt_time_stats(row["times"][variant])
+
+
 def best_times(result: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per model and variant, the fastest median over the thread counts."""
+    """Per model and variant, the fastest median over the thread counts (nan if none ran)."""
     best: dict[str, dict[str, float]] = {}
     for r in result["rows"]:
         per = best.setdefault(r["model"], {})
         for k, v in medians(r).items():
-            per[k] = min(per.get(k, float("inf")), v)
+            if math.isfinite(v):
+                per[k] = min(per.get(k, math.inf), v)
+            else:
+                per.setdefault(k, math.nan)
     return best

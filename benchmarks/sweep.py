@@ -13,9 +13,11 @@ results' train_seconds over its seeds). Idle slots at the end of a sweep count a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -96,7 +98,8 @@ def _run(root: str, label: str, document: dict[str, Any], settings: Settings) ->
     with trial_timer.installed(log):
         launched = time.time()
         start = time.perf_counter()
-        outcome = launch(spec, verbose=0)
+        with contextlib.redirect_stdout(sys.stderr):  # Tune's banner, away from the report
+            outcome = launch(spec, verbose=0)
         wall = time.perf_counter() - start
         returned = time.time()
     trials, _ = results.load(outcome.experiment_uri)

@@ -402,6 +402,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.print_usage(sys.stderr)
         print(f"fgray {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # storage gone or unwritable mid-run: one line, what is written stays
+        print(f"fgray {args.command}: error: {exc}", file=sys.stderr)
+        if args.command in ("sweep", "resume"):
+            print(
+                "results already written are kept; `fgray status PATH` shows what is left",
+                file=sys.stderr,
+            )
+        return EXIT_FAILURE
     except DataError as exc:
         print(f"fgray {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -68,11 +68,12 @@ def load_data(config: TrainConfig) -> Dataset | None:
         data = mnist(
             config.data_root, config.download, config.data_seed, config.train_size, config.test_size
         )
-    _check_finite(data)
+    check_finite(data)
     return data.to(config.device)
 
 
-def _check_finite(data: Dataset) -> None:
+def check_finite(data: Dataset) -> None:
+    """Refuse NaN or inf features with a message saying how many examples are affected."""
     for split, x in (("train", data.x_train), ("test", data.x_test)):
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.dim()))).sum())

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from fgray.config import ConfigError, TrainConfig
-from fgray.data import Dataset, load_data
+from fgray.data import Dataset, check_finite, load_data
 from fgray.estimators import ESTIMATORS
 from fgray.models import build_model, init_population
 from fgray.objective import Objective
@@ -72,7 +72,11 @@ class PopulationTrainer:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device", "cuda was asked for but torch sees no GPU; use cpu")
         self.model = build_model(config.model)
-        self.objective = Objective(self.model, data if data is not None else load_data(config))
+        if data is None:
+            data = load_data(config)
+        else:
+            check_finite(data)
+        self.objective = Objective(self.model, data)
         n_train = self.objective.n_train
         if config.batch_size is not None and config.batch_size > n_train:
             raise ConfigError(

@@ -48,7 +48,11 @@ class Status:
     def resume_plan(self) -> str:
         n = {s: len(self.plans.get(s, [])) for s in STATES}
         if self.state == "running":
-            return "resume: not now; a driver is running this experiment"
+            lock = results.locate(self.experiment_uri).join(LOCK).uri
+            return (
+                "resume: not now; a driver is running this experiment (if that driver is gone, "
+                f"e.g. its machine was replaced, delete {lock} first)"
+            )
         if not (n["in progress"] or n["pending"] or n["errored"] or self.damaged):
             return "resume: nothing to do; every seed has its result"
         return (

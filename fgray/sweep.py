@@ -77,8 +77,11 @@ class Manifest:
     def save(self) -> None:
         loc = results.locate(self.experiment_uri)
         loc.fs.create_dir(loc.path, recursive=True)
-        with loc.fs.open_output_stream(loc.join(MANIFEST).path) as out:
+        # Write aside and rename, so a driver killed mid-write never leaves a cut-off manifest.
+        tmp = loc.join(f"_tmp-{os.getpid()}-{MANIFEST}")
+        with loc.fs.open_output_stream(tmp.path) as out:
             out.write(json.dumps(self.__dict__, indent=1).encode())
+        loc.fs.move(tmp.path, loc.join(MANIFEST).path)
 
     @classmethod
     def load(cls, experiment_uri: str) -> Manifest:
@@ -428,8 +431,6 @@ def resume(
     verbose: int = 1,
 ) -> SweepOutcome:
     """Continue an interrupted sweep, then re-run plans whose results are missing or damaged."""
-    from ray import tune
-
     uri = results.locate(experiment_uri).uri
     manifest = Manifest.load(uri)
     with experiment_lock(uri):

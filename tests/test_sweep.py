@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -182,7 +183,14 @@ def test_sigkilled_driver_resumes_to_identical_results(tmp_path):
     driver = start_driver(
         ["sweep", str(path), "--num-cpus", "2", "--verbose", "0"], tmp_path / "sweep.log"
     )
-    wait_for(lambda: len(checkpoints(experiment)) >= 2, 120, "two trial checkpoints")
+    # Tune registers a trial's checkpoints in its saved state every second checkpoint
+    # (num_to_keep=2): wait for one trial to have two, then a moment for the state to be written.
+    wait_for(
+        lambda: any(len(list(d.glob("checkpoint_*"))) >= 2 for d in experiment.glob("g*")),
+        120,
+        "a trial with two checkpoints",
+    )
+    time.sleep(1.0)
     assert len(result_parts(experiment)) < 4, "sweep finished before it could be interrupted"
     kill_group(driver)
 
