@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from benchmarks import population, stability, step, sweep, targets
@@ -110,6 +111,8 @@ def render(report: dict[str, Any], command: str) -> str:
     out += ["", targets.render(sections, quick=settings["quick"])]
     if stability.NAME in sections:
         out += ["", _render_section(stability.NAME, sections[stability.NAME])]
+    # The reading of the figures (profiles, limits) is prose kept beside the code that measures.
+    out += ["", (Path(__file__).parent / "limits.md").read_text(encoding="utf-8").rstrip()]
     return "\n".join(out) + "\n"
 
 
