@@ -4,9 +4,10 @@
     python -m benchmarks.run --quick                    # a smoke test in seconds, to stdout
     python -m benchmarks.run --only step --only sweep   # some sections (or --only step,sweep)
     python -m benchmarks.run --only sweep --big         # also 10,000 logreg seeds through Ray
+    python -m benchmarks.run --only load --big          # 2,000 trials instead of 200
 
-Sections: step, population, sweep, stability; the target table is always written, from whichever
-sections ran. `--json PATH` also saves every raw number.
+Sections: step, population, sweep, stability, load; the target table is always written, from
+whichever sections ran. `--json PATH` also saves every raw number.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import population, stability, step, sweep, targets
+from benchmarks import load, population, stability, step, sweep, targets
 from benchmarks.common import Settings, error_message, machine, table
 
-SECTIONS = {module.NAME: module for module in (step, population, sweep, stability)}
+SECTIONS = {module.NAME: module for module in (step, population, sweep, stability, load)}
 
 
 def parse_sections(values: Sequence[str] | None) -> list[str]:
@@ -109,8 +110,9 @@ def render(report: dict[str, Any], command: str) -> str:
         if name in sections:
             out += ["", _render_section(name, sections[name])]
     out += ["", targets.render(sections, quick=settings["quick"])]
-    if stability.NAME in sections:
-        out += ["", _render_section(stability.NAME, sections[stability.NAME])]
+    for name in (stability.NAME, load.NAME):
+        if name in sections:
+            out += ["", _render_section(name, sections[name])]
     # The reading of the figures (profiles, limits) is prose kept beside the code that measures.
     out += ["", (Path(__file__).parent / "limits.md").read_text(encoding="utf-8").rstrip()]
     return "\n".join(out) + "\n"
@@ -140,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--big",
         action="store_true",
-        help="sweep section: also 10,000 penguins logreg seeds through Ray",
+        help="sweep section: also 10,000 penguins logreg seeds through Ray; load section: "
+        "2,000 trials instead of 200",
     )
     parser.add_argument(
         "--ray-cpus",

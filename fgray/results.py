@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
@@ -184,27 +185,46 @@ def _parts(loc: Location) -> list[pafs.FileInfo]:
     )
 
 
-def _read_parts(loc: Location, schema: pa.Schema) -> tuple[dict[str, pa.Table], dict[str, str]]:
-    tables, corrupt = {}, {}
+def _iter_parts(
+    loc: Location, schema: pa.Schema
+) -> Iterator[tuple[str, pa.Table | None, str | None]]:
+    """Each part as (trial name, table, None), or (path, None, reason) when it cannot be read."""
     for info in _parts(loc):
         try:
             table = pq.read_table(info.path, filesystem=loc.fs)
             if not table.schema.equals(schema, check_metadata=False):
                 raise ValueError("schema differs from this fgray version's")
-            tables[info.base_name[: -len(".parquet")]] = table
+            yield info.base_name[: -len(".parquet")], table, None
         except (pa.ArrowException, OSError, ValueError) as exc:
-            corrupt[info.path] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            yield info.path, None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+def _read_parts(loc: Location, schema: pa.Schema) -> tuple[dict[str, pa.Table], dict[str, str]]:
+    tables, corrupt = {}, {}
+    for key, table, reason in _iter_parts(loc, schema):
+        if table is None:
+            corrupt[key] = str(reason)
+        else:
+            tables[key] = table
     return tables, corrupt
 
 
 def scan(experiment_uri: str) -> Scan:
-    """Which trials are complete (both parts readable), and which parts are damaged."""
+    """Which trials are complete (both parts readable), and which parts are damaged. Reads every
+    part in full (a damaged one fails to decode) but holds one at a time."""
     root = locate(experiment_uri).join(RESULTS_DIR)
-    trials, bad_t = _read_parts(root.join(TRIALS), TRIALS_SCHEMA)
-    history, bad_h = _read_parts(root.join(HISTORY), HISTORY_SCHEMA)
-    complete = set(trials) & set(history)
-    errored = {n for n in complete if "error" in trials[n].column("outcome").to_pylist()}
-    return Scan(complete=complete, errored=errored, corrupt={**bad_t, **bad_h})
+    readable: dict[str, set[str]] = {TRIALS: set(), HISTORY: set()}
+    errored, corrupt = set(), {}
+    for kind, schema in ((TRIALS, TRIALS_SCHEMA), (HISTORY, HISTORY_SCHEMA)):
+        for key, table, reason in _iter_parts(root.join(kind), schema):
+            if table is None:
+                corrupt[key] = str(reason)
+                continue
+            readable[kind].add(key)
+            if kind == TRIALS and "error" in table.column("outcome").to_pylist():
+                errored.add(key)
+    complete = readable[TRIALS] & readable[HISTORY]
+    return Scan(complete=complete, errored=errored & complete, corrupt=corrupt)
 
 
 def is_experiment(uri: str) -> bool:

@@ -15,6 +15,7 @@ A spec names the experiment, where it is stored, the trial settings and the seed
     max_failures: 3               # retries of a failed trial
     checkpoint_every: 100         # iterations between checkpoints
     report_every: 50              # iterations between reports to Ray Tune
+    trials_per_run: 1000          # trials per Ray Tune run; bounds the driver's memory
 
 Each trial group's config is ``TrainConfig.from_dict({**base, **variant, **grid_point})``: a variant
 overrides base, and a grid point overrides both (so a key may appear in all three; the grid wins).
@@ -66,6 +67,7 @@ TOP_LEVEL = (
     "max_failures",
     "checkpoint_every",
     "report_every",
+    "trials_per_run",
 )
 REQUIRED = ("name", "storage", "seeds")
 
@@ -113,6 +115,7 @@ class SweepSpec:
     max_failures: int = 3
     checkpoint_every: int = 100
     report_every: int = 50
+    trials_per_run: int = 1000
     source: str = "<spec>"
 
     def experiment_uri(self) -> str:
@@ -270,6 +273,7 @@ def parse_spec(document: object, source: str) -> SweepSpec:
         max_failures=_int(err, "max_failures", document.get("max_failures", 3), 0),
         checkpoint_every=_int(err, "checkpoint_every", document.get("checkpoint_every", 100), 1),
         report_every=_int(err, "report_every", document.get("report_every", 50), 1),
+        trials_per_run=_int(err, "trials_per_run", document.get("trials_per_run", 1000), 1),
         source=source,
     )
     groups = _groups(spec)  # builds and validates every trial config

@@ -1,8 +1,8 @@
 """`fgray status`: where an experiment stands, from its files alone (no Ray needed).
 
 A plan (one trial's config and seeds) is *done* when its results are complete and readable,
-*errored* when its rows record an error, *in progress* when Tune holds a checkpoint for it, and
-*pending* otherwise. The experiment is *running* while its driver lives, *finished* when every plan
+*errored* when its rows record an error, *in progress* when the sweep's last Tune run holds a
+checkpoint for it (that is the run `fgray resume` restores), and *pending* otherwise. The experiment is *running* while its driver lives, *finished* when every plan
 has its rows (results, or the error that stopped it) and *interrupted* otherwise. The report says,
 per group, how many seeds are in each state and what `fgray resume` would do with them.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from fgray import results
-from fgray.sweep import LOCK, REPAIR_PREFIX, Manifest, lock_holder_alive
+from fgray.sweep import LOCK, Manifest, lock_holder_alive
 
 STATES = ("done", "in progress", "pending", "errored")
 
@@ -63,22 +63,17 @@ class Status:
         )
 
 
-def _checkpointed(experiment_uri: str) -> set[str]:
-    """Plans for which Tune has saved at least one checkpoint (main run or a repair run)."""
-    loc = results.locate(experiment_uri)
+def _checkpointed(manifest: Manifest) -> set[str]:
+    """Plans with a checkpoint in the sweep's last Tune run: the one `fgray resume` restores
+    (earlier runs ended before it started; their unfinished plans are re-run from scratch)."""
+    run = results.locate(manifest.run_uri(manifest.last_run))
     names: set[str] = set()
-    runs = [loc] + [
-        loc.join(i.base_name)
-        for i in loc.fs.get_file_info(pafs.FileSelector(loc.path))
-        if i.base_name.startswith(REPAIR_PREFIX)
-    ]
-    for run in runs:
-        for info in run.fs.get_file_info(pafs.FileSelector(run.path, allow_not_found=True)):
-            if info.type != pafs.FileType.Directory:
-                continue
-            inside = run.fs.get_file_info(pafs.FileSelector(info.path))
-            if any(i.base_name.startswith("checkpoint_") for i in inside):
-                names.add(info.base_name)
+    for info in run.fs.get_file_info(pafs.FileSelector(run.path, allow_not_found=True)):
+        if info.type != pafs.FileType.Directory:
+            continue
+        inside = run.fs.get_file_info(pafs.FileSelector(info.path))
+        if any(i.base_name.startswith("checkpoint_") for i in inside):
+            names.add(info.base_name)
     return names
 
 
@@ -94,7 +89,7 @@ def _driver(experiment_uri: str) -> dict:
 def experiment_status(experiment_uri: str) -> Status:
     manifest = Manifest.load(experiment_uri)
     scan = results.scan(experiment_uri)
-    checkpointed = _checkpointed(experiment_uri)
+    checkpointed = _checkpointed(manifest)
     damaged_names = {p.rsplit("/", 1)[-1][: -len(".parquet")] for p in scan.corrupt}
     seeds: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     plans: dict[str, list[str]] = defaultdict(list)

@@ -2,9 +2,12 @@
 
 A sweep spec expands into trial plans (a config and a population of seeds each). `launch` checks
 everything it can before Ray starts (storage writable, experiment new or overwritten, GPUs present),
-writes a manifest of the plans beside Tune's own state, and runs one Tune trial per plan. `resume`
-restores the Tune experiment (finished trials stay finished, unfinished ones continue from their
-checkpoints, errored ones are retried) and then re-runs any plan whose results are missing or
+writes a manifest of the plans beside Tune's own state, and runs one Tune trial per plan, in
+consecutive Tune runs of at most `trials_per_run` trials: Tune keeps every trial of a run in the
+driver's memory, so a run per chunk keeps a 10,000-trial sweep's driver as small as a 1,000-trial
+one's. The first run is Tune's experiment at the experiment directory; later ones nest inside it.
+`resume` restores the last Tune run (finished trials stay finished, unfinished ones continue from
+their checkpoints, errored ones are retried) and then re-runs any plan whose results are missing or
 damaged, so every seed ends up in the results exactly once.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import os
 import socket
@@ -28,7 +32,7 @@ from fgray.spec import SweepSpec, TrialPlan
 
 MANIFEST = "fgray-sweep.json"
 LOCK = "fgray.lock"
-REPAIR_PREFIX = "repair-"
+RUN_PREFIX = "run-"  # Tune runs after the first: <experiment>/run-0002, ...
 
 
 class SweepError(RuntimeError):
@@ -50,21 +54,41 @@ class Manifest:
     spec_source: str = ""
     repairs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    trials_per_run: int = 1000
+    runs: list[str] = field(default_factory=list)  # Tune runs started, oldest first
+
+    @property
+    def last_run(self) -> str:
+        return self.runs[-1] if self.runs else self.name
+
+    def run_uri(self, run: str) -> str:
+        """Where a Tune run keeps its state: the experiment itself for the first, nested after."""
+        if run == self.name:
+            return self.experiment_uri
+        return results.locate(self.experiment_uri).join(run).uri
+
+    def start_run(self) -> str:
+        """Name the next Tune run and record it before it starts, so resume can find it."""
+        run = f"{RUN_PREFIX}{len(self.runs) + 1:04d}" if self.runs else self.name
+        self.runs.append(run)
+        self.save()
+        return run
 
     @classmethod
     def from_spec(cls, spec: SweepSpec) -> Manifest:
         uri = spec.experiment_uri()
         plans = [trial_payload(spec, plan, uri) for plan in spec.trials()]
         return cls(
-            spec.name,
-            uri,
-            spec.storage,
-            plans,
-            dict(spec.resources),
-            spec.max_concurrent,
-            spec.scheduler,
-            spec.max_failures,
-            spec.source,
+            name=spec.name,
+            experiment_uri=uri,
+            storage=spec.storage,
+            plans=plans,
+            resources=dict(spec.resources),
+            max_concurrent=spec.max_concurrent,
+            scheduler=spec.scheduler,
+            max_failures=spec.max_failures,
+            spec_source=spec.source,
+            trials_per_run=spec.trials_per_run,
         )
 
     def rebase(self, experiment_uri: str) -> None:
@@ -88,7 +112,10 @@ class Manifest:
         loc = results.locate(experiment_uri).join(MANIFEST)
         try:
             with loc.fs.open_input_stream(loc.path) as stream:
-                return cls(**json.loads(stream.read()))
+                data = json.loads(stream.read())
+            if isinstance(data, dict) and "runs" not in data:  # fgray 0.1.0: one main run
+                data["runs"] = [data.get("name")]
+            return cls(**data)
         except (FileNotFoundError, NotADirectoryError):
             if not results.locate(experiment_uri).exists():
                 raise SweepError(
@@ -265,16 +292,15 @@ def check_resources(manifest: Manifest) -> None:
 
 
 # -- running ---------------------------------------------------------------------------------
-def _trainable(manifest: Manifest) -> Any:
-    """run_trial with every plan attached (Tune's config then holds only the plan's name, which is
-    what its progress table shows) and the spec's per-trial resources."""
+def _trainable(manifest: Manifest, plans: list[dict[str, Any]]) -> Any:
+    """run_trial with the run's plans attached (Tune's config then holds only the plan's name,
+    which is what its progress table shows) and the spec's per-trial resources."""
     from ray import tune
 
     from fgray.trainable import run_trial
 
-    plans = {p["name"]: p for p in manifest.plans}
     return tune.with_resources(
-        tune.with_parameters(run_trial, plans=plans),
+        tune.with_parameters(run_trial, plans={p["name"]: p for p in plans}),
         {k: float(v) for k, v in manifest.resources.items()},
     )
 
@@ -298,11 +324,11 @@ def _scheduler(manifest: Manifest) -> Any:
 def _run_config(manifest: Manifest, name: str, verbose: int) -> Any:
     from ray import tune
 
-    # The sweep's own Tune experiment is <storage>/<name>; repair runs nest inside it.
-    if name.startswith(REPAIR_PREFIX):
-        storage = manifest.experiment_uri
-    else:
+    # The sweep's first Tune run is <storage>/<name>; later runs nest inside it.
+    if name == manifest.name:
         storage = results.locate(manifest.storage).uri
+    else:
+        storage = manifest.experiment_uri
     return tune.RunConfig(
         name=name,
         storage_path=storage,
@@ -318,7 +344,7 @@ def _tuner(manifest: Manifest, plans: list[dict[str, Any]], name: str, verbose: 
     from ray import tune
 
     return tune.Tuner(
-        _trainable(manifest),
+        _trainable(manifest, plans),
         param_space={"plan": tune.grid_search([p["name"] for p in plans])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=manifest.max_concurrent,
@@ -344,14 +370,32 @@ class SweepOutcome:
         return self.complete == self.plans
 
 
-def _fit(tuner: Any) -> dict[str, str]:
-    """Run the Tuner; return plan name -> error for trials that failed past max_failures."""
+def _fit(tuner: Any) -> tuple[dict[str, str], bool]:
+    """Run the Tuner; return plan name -> error for trials that failed past max_failures, and
+    whether the run ended (False when Ctrl-C stopped it with trials unfinished)."""
     grid = tuner.fit()
     errors = {}
     for result in grid:
         if result.error is not None and result.config:
             errors[result.config["plan"]] = str(result.error).strip().splitlines()[-1]
-    return errors
+    return errors, grid.num_terminated + grid.num_errors == len(grid)
+
+
+def _run_in_chunks(
+    manifest: Manifest, plans: list[dict[str, Any]], verbose: int
+) -> tuple[dict[str, str], bool]:
+    """Run the plans as consecutive Tune runs of at most `trials_per_run` trials each. Tune
+    holds every trial of a run in the driver (about 0.15 MB each), so this bounds the driver's
+    memory whatever the sweep's size. Stops after a run that Ctrl-C interrupted."""
+    errors: dict[str, str] = {}
+    for start in range(0, len(plans), manifest.trials_per_run):
+        chunk = plans[start : start + manifest.trials_per_run]
+        run_errors, ended = _fit(_tuner(manifest, chunk, manifest.start_run(), verbose))
+        errors.update(run_errors)
+        gc.collect()  # Tune's trials hold reference cycles: free this run's before the next
+        if not ended:
+            return errors, False
+    return errors, True
 
 
 def _finish(manifest: Manifest, errors: dict[str, str]) -> SweepOutcome:
@@ -408,7 +452,7 @@ def launch(
         connect(address, num_cpus, verbose)
         check_resources(manifest)
         manifest.save()
-        errors = _fit(_tuner(manifest, manifest.plans, manifest.name, verbose))
+        errors, _ = _run_in_chunks(manifest, manifest.plans, verbose)
         return _finish(manifest, errors)
 
 
@@ -440,29 +484,35 @@ def resume(
         connect(address, num_cpus, verbose)
         check_resources(manifest)
         errors: dict[str, str] = {}
+        ended = True
         tuner = _restored_tuner(manifest)
         if tuner is not None:
-            errors = _fit(tuner)
-        errors.update(_repair(manifest, set(errors), verbose))
+            errors, ended = _fit(tuner)
+        if ended:  # not after Ctrl-C
+            errors.update(_repair(manifest, set(errors), verbose))
         return _finish(manifest, errors)
 
 
 def _restored_tuner(manifest: Manifest) -> Any | None:
-    """Tune's saved experiment, or None when there is none to restore: the driver died before
-    Tune saved its first experiment state, or Tune's files are damaged. The repair run then
-    trains the unfinished plans from scratch, which gives the same results (training is
-    deterministic), only later."""
+    """The last Tune run's saved state (earlier runs ended before it started), or None when
+    there is none to restore: the driver died before Tune saved that run's first experiment
+    state, or Tune's files are damaged. The repair run then trains the unfinished plans from
+    scratch, which gives the same results (training is deterministic), only later."""
     from ray import tune
 
-    uri = manifest.experiment_uri
+    uri = manifest.run_uri(manifest.last_run)
     loc = results.locate(uri)
-    names = [i.base_name for i in loc.fs.get_file_info(pafs.FileSelector(loc.path))]
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
+    names = [i.base_name for i in infos]
     saved = any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
     if not (saved and tune.Tuner.can_restore(uri)):
         return None
     try:
         return tune.Tuner.restore(
-            uri, trainable=_trainable(manifest), resume_unfinished=True, resume_errored=True
+            uri,
+            trainable=_trainable(manifest, manifest.plans),
+            resume_unfinished=True,
+            resume_errored=True,
         )
     except Exception as exc:  # e.g. a tuner.pkl cut short by a kill
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
@@ -489,6 +539,5 @@ def _repair(manifest: Manifest, failed: set[str], verbose: int) -> dict[str, str
     if not missing:
         return {}
     manifest.repairs += 1
-    manifest.save()
-    name = f"{REPAIR_PREFIX}{manifest.repairs}"
-    return _fit(_tuner(manifest, missing, name, verbose))
+    errors, _ = _run_in_chunks(manifest, missing, verbose)
+    return errors

@@ -40,6 +40,7 @@ VALID: dict[str, Any] = {
     "max_failures": 1,
     "checkpoint_every": 20,
     "report_every": 10,
+    "trials_per_run": 500,
 }
 
 MINIMAL: dict[str, Any] = {"name": "tiny", "storage": "results", "seeds": 3}
@@ -72,6 +73,7 @@ def test_a_valid_file_loads_with_every_key(tmp_path: Any) -> None:
     assert loaded.resources == {"cpu": 0.5, "gpu": 0.0}
     assert (loaded.scheduler, loaded.max_concurrent, loaded.max_failures) == ("asha", 4, 1)
     assert (loaded.checkpoint_every, loaded.report_every) == (20, 10)
+    assert loaded.trials_per_run == 500
     assert loaded.source == path
 
 
@@ -81,7 +83,7 @@ def test_a_minimal_spec_gets_the_documented_defaults() -> None:
     assert s.seeds_per_trial == "auto"
     assert s.resources == {"cpu": 1.0, "gpu": 0.0}
     assert (s.max_concurrent, s.scheduler, s.max_failures) == (None, "fifo", 3)
-    assert (s.checkpoint_every, s.report_every) == (100, 50)
+    assert (s.checkpoint_every, s.report_every, s.trials_per_run) == (100, 50, 1000)
     [trial] = s.trials()
     assert trial.config == TrainConfig()
     assert trial.seeds == (0, 1, 2)
@@ -264,6 +266,8 @@ BAD = {
     "negative max_failures": (_with(max_failures=-1), "max_failures", ">= 0"),
     "zero checkpoint_every": (_with(checkpoint_every=0), "checkpoint_every", ">= 1"),
     "bool report_every": (_with(report_every=True), "report_every", "integer"),
+    "zero trials_per_run": (_with(trials_per_run=0), "trials_per_run", ">= 1"),
+    "string trials_per_run": (_with(trials_per_run="all"), "trials_per_run", "integer"),
 }
 
 
@@ -366,7 +370,7 @@ SPEC_SHAPED = st.fixed_dictionaries(
         **{
             key: VALUES
             for key in ("max_concurrent", "scheduler", "max_failures")
-            + ("checkpoint_every", "report_every")
+            + ("checkpoint_every", "report_every", "trials_per_run")
         },
     },
 )
