@@ -7,18 +7,23 @@ and Ray's per-trial work dominates): 2,000 seeds in 200 trials, and with --big 2
 Tune runs of a quarter of the trials each. Tune keeps every trial of a run in the driver, so the
 first grows with the sweep and the second stays bounded.
 
-Measured in the driver: anonymous RSS (`RssAnon`: heap and native allocations, not the shared
-libraries it maps) and the number of live `ray.tune.experiment.Trial` objects, sampled by a thread;
-Tune's experiment-state snapshots (count and time); and from the result parts' modification times,
-the time between trial completions in the first and last fifth of the sweep.
+Each sweep runs in a fresh Python process (`python -m benchmarks.load`), so what earlier sections
+allocated does not blur its memory figures. Measured in the driver: anonymous RSS (`RssAnon`: heap
+and native allocations, not the shared libraries it maps) and the number of live
+`ray.tune.experiment.Trial` objects, sampled by a thread; Tune's experiment-state snapshots (count
+and time); and from the result parts' modification times, the time between trial completions in
+the first and last fifth of the sweep.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -89,7 +94,7 @@ def run_load(
     seeds_per_group: int,
     trials_per_run: int,
     ray_cpus: int = 2,
-    sample_every: float = 0.25,
+    sample_every: float = 1.0,
 ) -> dict[str, Any]:
     """One load sweep in this process on a fresh local Ray; returns its figures."""
     import ray
@@ -168,8 +173,16 @@ def measure(settings: Settings) -> dict[str, Any]:
     try:
         runs = []
         for label, per_run in (("one", n_trials), ("four", n_trials // 4)):
-            figures = run_load(Path(root, label), seeds_per_group, per_run)
-            runs.append({"label": label, **figures})
+            command = [sys.executable, "-m", "benchmarks.load", str(Path(root, label))]
+            command += [str(seeds_per_group), str(per_run), "--ray-cpus", str(settings.ray_cpus)]
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).parent.parent,
+            )
+            runs.append({"label": label, **json.loads(done.stdout.strip().splitlines()[-1])})
         return {"runs": runs}
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -178,8 +191,8 @@ def measure(settings: Settings) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     out = ["## 6. Load: driver memory and time per trial as trials finish", ""]
     out.append(
-        "Penguins logreg, forward and backprop, 10 seeds a trial, local Ray with 2 CPUs, the "
-        "driver in the benchmark's process. RSS is the driver's anonymous resident memory "
+        "Penguins logreg, forward and backprop, 10 seeds a trial, local Ray with 2 CPUs, each "
+        "sweep's driver a fresh Python process. RSS is the driver's anonymous resident memory "
         "(RssAnon), from the first trial's completion to the end of `launch`; live trials are "
         "the most `ray.tune.experiment.Trial` objects alive in the driver at once. Between "
         "completions: mean seconds between trial completions over the first and the last "
@@ -192,7 +205,8 @@ def render(result: dict[str, Any]) -> str:
             (
                 r["label"],
                 f"{r['trials']:,} / {r['seeds']:,}",
-                f"{r['trials_per_run']:,} ({r['tune_runs']} runs)",
+                f"{r['trials_per_run']:,} ({r['tune_runs']} Tune run"
+                + ("s)" if r["tune_runs"] != 1 else ")"),
                 f"{r['wall_seconds']:.1f} s",
                 f"{r['seconds_between_completions_early']:.3f} s → "
                 f"{r['seconds_between_completions_late']:.3f} s",
@@ -222,3 +236,22 @@ def render(result: dict[str, Any]) -> str:
         )
     )
     return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.load", description="one load sweep; prints its figures as JSON"
+    )
+    parser.add_argument("directory")
+    parser.add_argument("seeds_per_group", type=int)
+    parser.add_argument("trials_per_run", type=int)
+    parser.add_argument("--ray-cpus", type=int, default=2)
+    args = parser.parse_args(argv)
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's and Ray's chatter, away from the JSON
+        figures = run_load(args.directory, args.seeds_per_group, args.trials_per_run, args.ray_cpus)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,8 +13,10 @@ result exactly once, or says precisely what is missing and how to get it.
   when several start at the same instant;
 - `fgray status` counts seeds done / in progress / pending / errored for a running, an interrupted
   and a finished experiment, and says what `fgray resume` would do;
+- a driver killed in the second of three Tune runs (`trials_per_run`) resumes that run from its
+  checkpoints and then runs the third;
 - load: 2,000 seeds in 200 trials on 2 CPUs finish, the time per trial as flat at the end as at
-  the start, and the driver's memory growing by no more than Ray Tune's bookkeeping per trial.
+  the start, and the driver's memory flat: never more than one Tune run's trials alive in it.
 
 Every test runs real Ray and real files. Processes are found and signalled only among those this
 test session started (its own children, or the session of a driver it started).
