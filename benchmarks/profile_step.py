@@ -18,6 +18,7 @@ from benchmarks.common import Settings
 from benchmarks.step import cases, forward_jvp
 from fgray import estimators
 from fgray.models import init_population
+from fgray.runtime import keep_large_allocations
 
 ESTIMATORS = {
     "forward": estimators.forward,
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--rows", type=int, default=15)
     args = parser.parse_args()
+    keep_large_allocations()  # as in every trial
     torch.set_num_threads(args.threads)
     case = next(c for c in cases(Settings()) if c.name == args.model)
     params = init_population(case.objective.model, list(range(args.population)))

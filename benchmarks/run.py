@@ -25,6 +25,7 @@ from typing import Any
 
 from benchmarks import load, population, stability, step, sweep, targets
 from benchmarks.common import Settings, error_message, machine, table
+from fgray.runtime import keep_large_allocations
 
 SECTIONS = {module.NAME: module for module in (step, population, sweep, stability, load)}
 
@@ -44,6 +45,9 @@ def parse_sections(values: Sequence[str] | None) -> list[str]:
 def run(sections: Sequence[str], settings: Settings, log: Any = sys.stderr) -> dict[str, Any]:
     """Measure `sections`; returns {"machine": ..., "sections": {name: result}, "seconds": ...}."""
     info = machine()
+    # Time the loop under the process settings every trial and `fgray run` use (the stability
+    # section compares glibc's defaults in subprocesses of its own).
+    info["malloc_thresholds_raised"] = keep_large_allocations()
     results: dict[str, Any] = {}
     start = time.perf_counter()
     for name in sections:
@@ -101,6 +105,12 @@ def render(report: dict[str, Any], command: str) -> str:
                     f"python {m['python']}, torch {m['torch']}, ray {m['ray']}, fgray {m['fgray']}",
                 ),
                 ("date", m["date"]),
+                (
+                    "process settings",
+                    "glibc malloc thresholds raised as in every trial (fgray.runtime)"
+                    if m.get("malloc_thresholds_raised")
+                    else "glibc malloc defaults",
+                ),
                 ("suite wall time", f"{report['seconds']:.0f} s"),
             ],
         )
