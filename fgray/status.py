@@ -2,9 +2,10 @@
 
 A plan (one trial's config and seeds) is *done* when its results are complete and readable,
 *errored* when its rows record an error, *in progress* when the sweep's last Tune run holds a
-checkpoint for it (that is the run `fgray resume` restores), and *pending* otherwise. The experiment is *running* while its driver lives, *finished* when every plan
-has its rows (results, or the error that stopped it) and *interrupted* otherwise. The report says,
-per group, how many seeds are in each state and what `fgray resume` would do with them.
+checkpoint for it (that is the run `fgray resume` restores), and *pending* otherwise. The
+experiment is *running* while its driver lives, *finished* when every plan has its rows (results,
+or the error that stopped it) and *interrupted* otherwise. The report says, per group, how many
+seeds are in each state and what `fgray resume` would do with them.
 """
 
 from __future__ import annotations

@@ -385,7 +385,7 @@ def _run_in_chunks(
     manifest: Manifest, plans: list[dict[str, Any]], verbose: int
 ) -> tuple[dict[str, str], bool]:
     """Run the plans as consecutive Tune runs of at most `trials_per_run` trials each. Tune
-    holds every trial of a run in the driver (about 0.15 MB each), so this bounds the driver's
+    holds every trial of a run in the driver (70 kB or so each), so this bounds the driver's
     memory whatever the sweep's size. Stops after a run that Ctrl-C interrupted."""
     errors: dict[str, str] = {}
     for start in range(0, len(plans), manifest.trials_per_run):
