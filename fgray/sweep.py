@@ -488,8 +488,8 @@ def resume(
         tuner = _restored_tuner(manifest)
         if tuner is not None:
             errors, ended = _fit(tuner)
-        if ended:  # not after Ctrl-C
-            errors.update(_repair(manifest, set(errors), verbose))
+        if ended:  # not after Ctrl-C; the repair run's errors are the final word
+            errors = _repair(manifest, verbose)
         return _finish(manifest, errors)
 
 
@@ -523,18 +523,18 @@ def _restored_tuner(manifest: Manifest) -> Any | None:
         return None
 
 
-def _repair(manifest: Manifest, failed: set[str], verbose: int) -> dict[str, str]:
-    """Run again, from scratch, every plan without a complete, readable, error-free result
-    (except those that just failed again in the restored run)."""
+def _repair(manifest: Manifest, verbose: int) -> dict[str, str]:
+    """Run again, from scratch, every plan without a complete, readable, error-free result,
+    including one that just failed in the restored run: Tune's saved state can name a checkpoint
+    that its own rotation (num_to_keep) deleted just before the driver died, and a trial restored
+    from it fails every retry ("does not exist on storage anymore"); it can only start over."""
     scan = results.scan(manifest.experiment_uri)
     for part in scan.corrupt:
         name = os.path.basename(part)[: -len(".parquet")]
         results.remove_trial(manifest.experiment_uri, name)
     scan = results.scan(manifest.experiment_uri)
     missing = [
-        p
-        for p in manifest.plans
-        if p["name"] not in failed and (p["name"] not in scan.complete or p["name"] in scan.errored)
+        p for p in manifest.plans if p["name"] not in scan.complete or p["name"] in scan.errored
     ]
     if not missing:
         return {}

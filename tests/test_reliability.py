@@ -14,7 +14,8 @@ result exactly once, or says precisely what is missing and how to get it.
 - `fgray status` counts seeds done / in progress / pending / errored for a running, an interrupted
   and a finished experiment, and says what `fgray resume` would do;
 - a driver killed in the second of three Tune runs (`trials_per_run`) resumes that run from its
-  checkpoints and then runs the third;
+  checkpoints and then runs the third; a checkpoint that Tune's saved state names but that is gone
+  from disk (its rotation racing the kill) restarts that trial from scratch;
 - load: 2,000 seeds in 200 trials on 2 CPUs finish, the time per trial as flat at the end as at
   the start, and the driver's memory flat: never more than one Tune run's trials alive in it.
 
@@ -254,25 +255,37 @@ def test_a_sweep_killed_in_its_second_tune_run_resumes_that_run_to_identical_res
     path = write_spec(tmp_path, "chunked", **KILL, trials_per_run=2)
     experiment = Path(load_spec(path).experiment_uri())
     driver = Driver(["sweep", str(path), *RESUME], tmp_path / "sweep.log")
-    # Tune registers a trial's checkpoints in its saved state every second checkpoint
-    # (num_to_keep=2): wait for a trial of the second run to have two, then for the state.
     second_run = experiment / "run-0002"
+
+    def second_run_checkpoint_registered() -> bool:
+        """Tune registers a trial's checkpoints in its saved state every second checkpoint
+        (num_to_keep=2): a trial of the second run has two, and the run's state is newer."""
+        try:
+            newest = max(
+                c.stat().st_mtime
+                for d in second_run.glob("g*")
+                if len(list(d.glob("checkpoint_*"))) >= 2
+                for c in d.glob("checkpoint_*")
+            )
+            saved = max(s.stat().st_mtime for s in second_run.glob("experiment_state-*.json"))
+        except (ValueError, FileNotFoundError):  # none yet, or rotated away while we looked
+            return False
+        return saved >= newest
+
     wait_until(
-        lambda: (
-            any(len(list(d.glob("checkpoint_*"))) >= 2 for d in second_run.glob("g*"))
-            or driver.process.poll() is not None
-        ),
+        lambda: second_run_checkpoint_registered() or driver.process.poll() is not None,
         240,
-        "a trial of the second Tune run with two checkpoints",
+        "a checkpoint of the second Tune run in Tune's saved state",
         tick=driver.refresh,
     )
-    time.sleep(0.5)
     driver.kill()
     assert driver.process.returncode == -signal.SIGKILL, f"sweep ended first:\n{driver.text()}"
     assert sweep.Manifest.load(str(experiment)).runs == ["chunked", "run-0002"]
     before = status.experiment_status(str(experiment))
     second = {"g000-s00004-00005", "g000-s00006-00007"}
-    assert set(before.plans["pending"]) == {"g000-s00008-00009", "g000-s00010-00011"}
+    third = {"g000-s00008-00009", "g000-s00010-00011"}
+    assert {"g000-s00000-00001", "g000-s00002-00003"} <= set(before.plans["done"])
+    assert third <= set(before.plans["pending"]) <= third | second
     assert len(before.plans["in progress"]) >= 1 and set(before.plans["in progress"]) <= second
 
     assert main(["resume", str(experiment), *RESUME]) == 0
@@ -281,6 +294,44 @@ def test_a_sweep_killed_in_its_second_tune_run_resumes_that_run_to_identical_res
     continued = trials[trials.restored_from_iteration.notna()]
     assert set(continued.trial_name) <= second
     assert len(continued) > 0 and (continued.restored_from_iteration > 0).all()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_tune_saved_but_then_rotated_away_restarts_its_trial(tmp_path, reference):
+    """Tune deletes a trial's older checkpoints (num_to_keep=2) before it saves the state that
+    stops naming them; a driver killed in between leaves a state whose checkpoint is gone, and
+    Tune fails every retry of that trial. Here the kill comes with the state saved, then every
+    checkpoint of the running trials is deleted: resume re-runs them from scratch."""
+    path = write_spec(tmp_path, "rotated", **KILL)
+    experiment = Path(load_spec(path).experiment_uri())
+    driver = Driver(["sweep", str(path), *RESUME], tmp_path / "sweep.log")
+    wait_until(
+        lambda: _first_checkpoint(experiment) or driver.process.poll() is not None,
+        240,
+        "the first checkpoint",
+        tick=driver.refresh,
+    )
+    wait_until(lambda: _state_saved_after_checkpoints(experiment), 30, "Tune's saved state")
+    driver.kill()
+    assert driver.process.returncode == -signal.SIGKILL, f"sweep ended first:\n{driver.text()}"
+    running = checkpoints_of_running(experiment)
+    assert running
+    for files in running.values():
+        for directory in {f.parent for f in files}:
+            shutil.rmtree(directory)
+
+    assert main(["resume", str(experiment), *RESUME]) == 0
+    trials = assert_same_results(experiment, reference)
+    assert trials[trials.trial_name.isin(running)].restored_from_iteration.isna().all()
+
+
+def _state_saved_after_checkpoints(experiment: Path) -> bool:
+    try:
+        newest = max(c.stat().st_mtime for c in experiment.glob("g*/checkpoint_*"))
+        saved = max(s.stat().st_mtime for s in experiment.glob("experiment_state-*.json"))
+    except (ValueError, FileNotFoundError):
+        return False
+    return saved >= newest
 
 
 # -- trial processes killed, a checkpoint damaged --------------------------------------------------
