@@ -237,7 +237,11 @@ def test_trials_of_a_removed_node_are_retried_from_checkpoints(tmp_path, cluster
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(run=sweep.launch(spec, verbose=0)))
     thread.start()
-    wait_for(lambda: len(checkpoints(experiment)) >= 2, 120, "two trial checkpoints")
+    # One trial runs on each 1-CPU worker: wait until both unfinished trials have checkpointed,
+    # so the one on the removed node has a checkpoint to be retried from.
+    wait_for(
+        lambda: len(_checkpointed_unfinished(experiment)) >= 2, 120, "two running checkpointed"
+    )
     c.remove_node(workers[0])
     thread.join(timeout=400)
     assert not thread.is_alive() and outcome["run"].finished
@@ -245,6 +249,11 @@ def test_trials_of_a_removed_node_are_retried_from_checkpoints(tmp_path, cluster
     assert len(trials) == 8 and set(trials.node_id) <= {w.node_id for w in workers}
     assert trials.restored_from_iteration.notna().any()
     assert set(trials[trials.restored_from_iteration.notna()].node_id) == {workers[1].node_id}
+
+
+def _checkpointed_unfinished(experiment: Path) -> set[str]:
+    done = {p.stem for p in result_parts(experiment)}
+    return {p.parent.parent.name for p in checkpoints(experiment)} - done
 
 
 def test_cli_subprocess_smoke(tmp_path):
