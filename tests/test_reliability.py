@@ -255,25 +255,13 @@ def test_a_sweep_killed_in_its_second_tune_run_resumes_that_run_to_identical_res
     path = write_spec(tmp_path, "chunked", **KILL, trials_per_run=2)
     experiment = Path(load_spec(path).experiment_uri())
     driver = Driver(["sweep", str(path), *RESUME], tmp_path / "sweep.log")
-    second_run = experiment / "run-0002"
-
-    def second_run_checkpoint_registered() -> bool:
-        """Tune registers a trial's checkpoints in its saved state every second checkpoint
-        (num_to_keep=2): a trial of the second run has two, and the run's state is newer."""
-        try:
-            newest = max(
-                c.stat().st_mtime
-                for d in second_run.glob("g*")
-                if len(list(d.glob("checkpoint_*"))) >= 2
-                for c in d.glob("checkpoint_*")
-            )
-            saved = max(s.stat().st_mtime for s in second_run.glob("experiment_state-*.json"))
-        except (ValueError, FileNotFoundError):  # none yet, or rotated away while we looked
-            return False
-        return saved >= newest
-
+    # Tune registers a trial's checkpoints in its saved state every second checkpoint
+    # (num_to_keep=2): wait for a trial of the second run with two, and a state saved after them.
     wait_until(
-        lambda: second_run_checkpoint_registered() or driver.process.poll() is not None,
+        lambda: (
+            _state_saved_after_checkpoints(experiment / "run-0002", per_trial=2)
+            or driver.process.poll() is not None
+        ),
         240,
         "a checkpoint of the second Tune run in Tune's saved state",
         tick=driver.refresh,
@@ -325,11 +313,18 @@ def test_a_checkpoint_tune_saved_but_then_rotated_away_restarts_its_trial(tmp_pa
     assert trials[trials.trial_name.isin(running)].restored_from_iteration.isna().all()
 
 
-def _state_saved_after_checkpoints(experiment: Path) -> bool:
+def _state_saved_after_checkpoints(run: Path, per_trial: int = 1) -> bool:
+    """A trial of this Tune run has `per_trial` checkpoints and the run's saved state is newer
+    than all of them."""
     try:
-        newest = max(c.stat().st_mtime for c in experiment.glob("g*/checkpoint_*"))
-        saved = max(s.stat().st_mtime for s in experiment.glob("experiment_state-*.json"))
-    except (ValueError, FileNotFoundError):
+        newest = max(
+            c.stat().st_mtime
+            for trial in run.glob("g*")
+            if len(list(trial.glob("checkpoint_*"))) >= per_trial
+            for c in trial.glob("checkpoint_*")
+        )
+        saved = max(s.stat().st_mtime for s in run.glob("experiment_state-*.json"))
+    except (ValueError, FileNotFoundError):  # none yet, or rotated away while we looked
         return False
     return saved >= newest
 
