@@ -21,10 +21,10 @@ from fgray.models import init_population
 from fgray.runtime import keep_large_allocations
 
 ESTIMATORS = {
-    "forward": estimators.forward,
+    "forward": estimators.forward(),
     "forward-jvp": forward_jvp,
-    "forward-per-tensor": estimators.forward_per_tensor,
-    "backprop": estimators.backprop,
+    "forward-per-tensor": estimators.forward_per_tensor(),
+    "backprop": estimators.backprop(),
 }
 
 

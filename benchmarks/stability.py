@@ -63,9 +63,10 @@ def child(repeats: int, warmup: int, train_size: int) -> dict[str, Any]:
     optimizer = build_optimizer(config, params)
     gens = [torch.Generator().manual_seed(1)]
     active = np.ones(1, dtype=bool)
+    estimate = backprop()
 
     def step() -> None:
-        _, grads = backprop(objective.loss, params, gens)
+        _, grads = estimate(objective.loss, params, gens)
         masked_step(optimizer, params, grads, active)
 
     for _ in range(warmup):

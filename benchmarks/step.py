@@ -31,7 +31,7 @@ from benchmarks.common import (
 from fgray import estimators
 from fgray.config import TrainConfig
 from fgray.data import Dataset, load_data
-from fgray.estimators import Estimate, LossFn
+from fgray.estimators import Estimate, Estimator, LossFn
 from fgray.models import MLP, Params, build_model, init_population
 from fgray.objective import Objective
 from fgray.optim import build_optimizer, masked_step
@@ -111,8 +111,10 @@ def _calls(case: Case) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable
     gens = [torch.Generator().manual_seed(1)]
     active = np.ones(1, dtype=bool)
     config = TrainConfig(lr=STEP_LR)
+    forward, per_tensor = estimators.forward(), estimators.forward_per_tensor()
+    backprop = estimators.backprop()
 
-    def stepper(estimate: Callable[..., Estimate]) -> Callable[[], None]:
+    def stepper(estimate: Estimator) -> Callable[[], None]:
         own = {k: p.clone() for k, p in params.items()}
         optimizer = build_optimizer(config, own)
 
@@ -128,12 +130,12 @@ def _calls(case: Case) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable
 
     calls = {
         "forward-only": forward_only,
-        "fg forward_ad": lambda: estimators.forward(loss, params, gens),
+        "fg forward_ad": lambda: forward(loss, params, gens),
         "fg torch.func.jvp": lambda: forward_jvp(loss, params, gens),
-        "fg per-tensor": lambda: estimators.forward_per_tensor(loss, params, gens),
-        "backprop": lambda: estimators.backprop(loss, params, gens),
-        "fg step": stepper(estimators.forward),
-        "backprop step": stepper(estimators.backprop),
+        "fg per-tensor": lambda: per_tensor(loss, params, gens),
+        "backprop": lambda: backprop(loss, params, gens),
+        "fg step": stepper(forward),
+        "backprop step": stepper(backprop),
     }
     draws = {
         kind: (lambda kind=kind: estimators.draw_tangents(params, gens, kind))

@@ -26,7 +26,7 @@ import torch
 
 from fgray.config import ConfigError, TrainConfig
 from fgray.data import Dataset, check_finite, load_data
-from fgray.estimators import ESTIMATORS
+from fgray.estimators import make_estimator
 from fgray.models import build_model, init_population
 from fgray.objective import Objective
 from fgray.optim import build_optimizer, masked_step
@@ -84,7 +84,7 @@ class PopulationTrainer:
                 f"{config.batch_size} is larger than the {n_train} "
                 "training examples; lower it or leave it unset for full batch",
             )
-        self.estimate = ESTIMATORS[config.method]
+        self.estimate = make_estimator(config)
         self.params = {
             k: p.to(self.device) for k, p in init_population(self.model, self.seeds).items()
         }
@@ -110,7 +110,8 @@ class PopulationTrainer:
         kernel initialisation) are not charged to the first timed iteration."""
         scratch = {k: p.clone() for k, p in self.params.items()}
         generators = [torch.Generator(self.device).manual_seed(0) for _ in self.seeds]
-        _, grads = self.estimate(self.objective.loss, scratch, generators, self.config.tangent, 1)
+        estimate = make_estimator(self.config.replace(tangents=1))
+        _, grads = estimate(self.objective.loss, scratch, generators)
         masked_step(build_optimizer(self.config, scratch), scratch, grads, self.running)
 
     # -- running ----------------------------------------------------------------------------
@@ -159,17 +160,11 @@ class PopulationTrainer:
         check = cfg.batch_size is None or capped or t % (cfg.check_every or 1) == 0
         start = time.perf_counter()
         if cfg.batch_size is None:
-            loss, grads = self.estimate(
-                self.objective.loss, self.params, self.generators, cfg.tangent, cfg.tangents
-            )
+            loss, grads = self.estimate(self.objective.loss, self.params, self.generators)
         else:
             batch = self._next_batch(t)
             loss, grads = self.estimate(
-                lambda p: self.objective.loss(p, batch),
-                self.params,
-                self.generators,
-                cfg.tangent,
-                cfg.tangents,
+                lambda p: self.objective.loss(p, batch), self.params, self.generators
             )
             if check:
                 with torch.no_grad():

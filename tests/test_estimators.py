@@ -107,9 +107,9 @@ def test_forward_gradient_is_unbiased_mean_of_2000_aligns_with_the_gradient(esti
     seeds = [0, 1, 2, 3]
     params = init_population(objective.model, seeds)
 
-    _, mean_of_2000 = estimator(objective.loss, params, generators(seeds), "normal", 2000)
+    _, mean_of_2000 = estimator("normal", 2000)(objective.loss, params, generators(seeds))
 
-    _, exact = backprop(objective.loss, params, generators(seeds))
+    _, exact = backprop()(objective.loss, params, generators(seeds))
     cos = torch.cosine_similarity(flat(mean_of_2000, 4), flat(exact, 4), dim=1)
     # Predicted 1/sqrt(1 + 16/2000) = 0.996 for the joint forward gradient.
     assert (cos >= 0.99).all(), cos
@@ -136,10 +136,10 @@ def test_forward_gradient_error_is_n_plus_or_minus_one_over_k_times_gradient_nor
     objective = objective_for("logreg")
     seeds, k = list(range(10000)), 1
     params = init_population(objective.model, seeds)
-    _, exact = backprop(objective.loss, params, [])
+    _, exact = backprop()(objective.loss, params, [])
     g = flat(exact, len(seeds))
 
-    _, estimate = forward(objective.loss, params, generators(seeds), tangent, k)
+    _, estimate = forward(tangent, k)(objective.loss, params, generators(seeds))
 
     # One sample per seed of k·|ĝ_K - g|²/|g|², whose expectation is exactly n ± 1.
     scaled_error = k * ((flat(estimate, len(seeds)) - g).norm(dim=1) / g.norm(dim=1)) ** 2
@@ -158,10 +158,10 @@ def test_forward_gradient_cosine_follows_one_over_sqrt_one_plus_n_over_k(tangent
     objective = objective_for("logreg")
     seed_list = list(range(seeds))
     params = init_population(objective.model, seed_list)
-    _, exact = backprop(objective.loss, params, [])
+    _, exact = backprop()(objective.loss, params, [])
     g = flat(exact, seeds)
 
-    _, estimate = forward(objective.loss, params, generators(seed_list), tangent, k)
+    _, estimate = forward(tangent, k)(objective.loss, params, generators(seed_list))
 
     cos = torch.cosine_similarity(flat(estimate, seeds), g, dim=1)
     # The prediction is exact for the moments (the test above); E[cos] itself sits a little
@@ -176,7 +176,7 @@ def test_backprop_is_the_autograd_gradient_for_every_seed():
     objective = objective_for("mlp")
     params = population(objective, SEEDS)
 
-    loss, grads = backprop(objective.loss, params, [])
+    loss, grads = backprop()(objective.loss, params, [])
 
     expected = autograd_gradient(objective, params)
     for k in params:
