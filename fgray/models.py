@@ -5,11 +5,18 @@ Each forward is written so that every parameter may carry a leading *seed* axis:
 models at once (batched matmuls; grouped convolutions for the CNN). That is how a population of
 seeds trains in one pass without a Python loop over seeds. Weights are stored (in, out) so the same
 `x @ W + b` serves one model and many.
+
+Every layer's pre-activation passes through `layer_output`, which returns it unchanged unless an
+estimator has set a tap with `tap_layers` (activity perturbation adds a forward-mode tangent there
+and records the layer's input): the models stay plain and know nothing about estimators.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +32,28 @@ def per_seed(values: Tensor, like: Tensor) -> Tensor:
     return values.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+LayerTap = Callable[[str, Tensor, Tensor, Tensor, Tensor], Tensor]
+"""(kind, input, weight, bias, pre-activation) -> the pre-activation the network continues with."""
+
+_TAP: ContextVar[LayerTap | None] = ContextVar("fgray_layer_tap", default=None)
+
+
+@contextmanager
+def tap_layers(tap: LayerTap) -> Iterator[None]:
+    """Within this block every dense and conv layer hands its pre-activation to `tap`."""
+    token = _TAP.set(tap)
+    try:
+        yield
+    finally:
+        _TAP.reset(token)
+
+
+def layer_output(kind: str, x: Tensor, weight: Tensor, bias: Tensor, z: Tensor) -> Tensor:
+    """A layer's pre-activation z = layer(x; weight, bias), through the tap if one is set."""
+    tap = _TAP.get()
+    return z if tap is None else tap(kind, x, weight, bias, z)
+
+
 def dense(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """x @ W + b for x (..., N, in), W (in, out) or (S, in, out), b (out,) or (S, out).
 
@@ -36,8 +65,10 @@ def dense(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     if x.dim() == 2 and weight.dim() == 3 and weight.shape[-1] <= 8:
         s, n_in, n_out = weight.shape
         flat = x @ weight.permute(1, 0, 2).reshape(n_in, s * n_out)
-        return flat.reshape(x.shape[0], s, n_out).transpose(0, 1) + bias.unsqueeze(-2)
-    return torch.matmul(x, weight) + bias.unsqueeze(-2)
+        z = flat.reshape(x.shape[0], s, n_out).transpose(0, 1) + bias.unsqueeze(-2)
+    else:
+        z = torch.matmul(x, weight) + bias.unsqueeze(-2)
+    return layer_output("dense", x, weight, bias, z)
 
 
 def conv3x3(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -46,8 +77,9 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     x is (N, C, H, W) or (S, N, C, H, W); weight (O, C, 3, 3) or (S, O, C, 3, 3).
     """
     if weight.dim() == 4:
-        return F.conv2d(x, weight, bias, padding=1)
+        return layer_output("conv3x3", x, weight, bias, F.conv2d(x, weight, bias, padding=1))
     s, o, c = weight.shape[:3]
+    x_in = x
     if x.dim() == 4:
         x = x.unsqueeze(0).expand(s, *x.shape)
     n, h, w = x.shape[1], x.shape[3], x.shape[4]
@@ -55,7 +87,8 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     out = F.conv2d(
         grouped, weight.reshape(s * o, c, 3, 3), bias.reshape(s * o), padding=1, groups=s
     )
-    return out.reshape(n, s, o, h, w).transpose(0, 1)
+    z = out.reshape(n, s, o, h, w).transpose(0, 1)
+    return layer_output("conv3x3", x_in, weight, bias, z)
 
 
 def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -> Tensor:
