@@ -1,10 +1,12 @@
 """What is minimised: a model evaluated functionally on its data, giving one loss per seed.
 
-The estimators see only `loss(params) -> (S,)`; this module is where data meets model.
+The estimators see a `Loss`: `loss(params) -> (S,)`, and per-example losses for those that need
+them; this module is where data meets model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,10 +18,10 @@ from fgray.models import Params, TestFunction
 
 
 class _CrossEntropyClassFirst(torch.autograd.Function):
-    """Mean cross entropy of class-first logits z (C, ..., N) against labels (1, ..., N).
+    """Per-example cross entropy of class-first logits z (C, ..., N) against labels (1, ..., N).
 
-    Its jvp and vjp are written out from p = softmax(z): d(loss) = mean_n(Σ_c p·t - t[y]) and
-    ∇z = (p - onehot(y)) / N. torch's own forward-AD rule for log_softmax runs through a slow
+    Its jvp and vjp are written out from p = softmax(z): d(loss_n) = Σ_c p·t - t[y] and
+    ∇z = (p - onehot(y)) · grad_n. torch's own forward-AD rule for log_softmax runs through a slow
     decomposition and materialises the full log-softmax tangent; this is ~2x faster at S=256.
     Written in the setup_context style so torch.func transforms (jvp, vmap) work through it.
     """
@@ -29,7 +31,7 @@ class _CrossEntropyClassFirst(torch.autograd.Function):
     @staticmethod
     def forward(z: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logp = torch.log_softmax(z, 0)
-        loss = 0.0 - logp.gather(0, labels).squeeze(0).mean(-1)  # 0 - x: a perfect fit is 0
+        loss = 0.0 - logp.gather(0, labels).squeeze(0)  # 0 - x: a perfect fit is 0
         return loss, logp.exp()
 
     @staticmethod
@@ -43,25 +45,30 @@ class _CrossEntropyClassFirst(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, tangent: Tensor, _: Any) -> tuple[Tensor, None]:
         p, labels = ctx.saved_tensors
-        return ((p * tangent).sum(0) - tangent.gather(0, labels).squeeze(0)).mean(-1), None
+        return (p * tangent).sum(0) - tangent.gather(0, labels).squeeze(0), None
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, _: Any) -> tuple[Tensor, None]:
         p, labels = ctx.saved_tensors
         grad_z = p.scatter_add(0, labels, torch.full_like(labels, -1, dtype=p.dtype))
-        return grad_z * (grad.unsqueeze(0).unsqueeze(-1) / p.shape[-1]), None
+        return grad_z * grad.unsqueeze(0), None
 
 
-def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross entropy over the example axis, through log-softmax (never softmax-then-log).
+def per_example_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross entropy of every example, through log-softmax (never softmax-then-log).
 
-    logits (..., N, C); labels (N,) or (..., N). Returns (...,).
+    logits (..., N, C); labels (N,) or (..., N). Returns (..., N).
     Computed with the class axis first: over a last axis of 3 classes torch's log-softmax
     kernel is 8x slower at 256 seeds.
     """
     labels = labels.expand(logits.shape[:-1]).unsqueeze(0)
     loss, _ = _CrossEntropyClassFirst.apply(logits.movedim(-1, 0), labels)
     return loss
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross entropy over the example axis: logits (..., N, C) -> (...,)."""
+    return per_example_cross_entropy(logits, labels).mean(-1)
 
 
 class Objective:
@@ -80,10 +87,20 @@ class Objective:
         """Per-seed training loss: full training set, or the per-seed example indices (S, B)."""
         if self.data is None:
             return functional_call(self.model, params, ())
+        return self.per_example_loss(params, batch).mean(-1)
+
+    def per_example_loss(self, params: Params, batch: Tensor | None = None) -> Tensor:
+        """(S, N) losses of the examples that `loss` averages (models trained on data only)."""
+        if self.data is None:
+            raise ValueError(f"{type(self.model).__name__} is a test function: it has no examples")
         x, y = self.data.x_train, self.data.y_train
         if batch is not None:
             x, y = x[batch], y[batch]
-        return cross_entropy(functional_call(self.model, params, (x,)), y)
+        return per_example_cross_entropy(functional_call(self.model, params, (x,)), y)
+
+    def on(self, batch: Tensor | None = None) -> Loss:
+        """The loss an estimator differentiates: the full training set, or a mini-batch."""
+        return Loss(self, batch)
 
     @torch.no_grad()
     def evaluate(self, params: Params) -> dict[str, Tensor]:
@@ -99,3 +116,18 @@ class Objective:
             "test_accuracy": 1.0 - errors.double() / len(y),
             "test_errors": errors,
         }
+
+
+@dataclass(frozen=True)
+class Loss:
+    """`loss(params)` -> (S,) per-seed mean loss, which is all most estimators need; estimators
+    that work per example (activity perturbation) also call `per_example(params)` -> (S, N)."""
+
+    objective: Objective
+    batch: Tensor | None = None
+
+    def __call__(self, params: Params) -> Tensor:
+        return self.objective.loss(params, self.batch)
+
+    def per_example(self, params: Params) -> Tensor:
+        return self.objective.per_example_loss(params, self.batch)
