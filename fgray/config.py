@@ -14,7 +14,7 @@ from typing import Any
 
 MODELS = ("logreg", "mlp", "cnn", "sphere", "rosenbrock", "beale")
 TEST_FUNCTIONS = ("sphere", "rosenbrock", "beale")
-METHODS = ("backprop", "forward", "forward-per-tensor")
+METHODS = ("backprop", "forward", "forward-per-tensor", "activity")
 TANGENTS = ("normal", "rademacher", "standardized")
 OPTIMIZERS = ("sgd", "adam")
 DATASETS = ("penguins", "mnist", "mnist-t10k", "none")
@@ -126,6 +126,19 @@ class TrainConfig:
                 raise ConfigError("data", f"model {self.model} needs {wants} data, got {data}")
         if self.model in TEST_FUNCTIONS and self.batch_size is not None:
             raise ConfigError("batch_size", f"{self.model} has no data to batch")
+        if self.method == "activity":
+            if self.model in TEST_FUNCTIONS:
+                raise ConfigError(
+                    "method",
+                    f"activity perturbs a network's pre-activations and {self.model} is a test "
+                    "function with none; use forward or forward-per-tensor",
+                )
+            if self.tangent != "normal":
+                raise ConfigError(
+                    "tangent",
+                    f"activity perturbation draws N(0, 1) noise, not {self.tangent}; leave "
+                    "tangent at normal",
+                )
 
     @property
     def resolved_data(self) -> str:

@@ -111,7 +111,7 @@ class PopulationTrainer:
         scratch = {k: p.clone() for k, p in self.params.items()}
         generators = [torch.Generator(self.device).manual_seed(0) for _ in self.seeds]
         estimate = make_estimator(self.config.replace(tangents=1))
-        _, grads = estimate(self.objective.loss, scratch, generators)
+        _, grads = estimate(self.objective.on(), scratch, generators)
         masked_step(build_optimizer(self.config, scratch), scratch, grads, self.running)
 
     # -- running ----------------------------------------------------------------------------
@@ -160,12 +160,10 @@ class PopulationTrainer:
         check = cfg.batch_size is None or capped or t % (cfg.check_every or 1) == 0
         start = time.perf_counter()
         if cfg.batch_size is None:
-            loss, grads = self.estimate(self.objective.loss, self.params, self.generators)
+            loss, grads = self.estimate(self.objective.on(), self.params, self.generators)
         else:
             batch = self._next_batch(t)
-            loss, grads = self.estimate(
-                lambda p: self.objective.loss(p, batch), self.params, self.generators
-            )
+            loss, grads = self.estimate(self.objective.on(batch), self.params, self.generators)
             if check:
                 with torch.no_grad():
                     loss = self.objective.loss(self.params)  # threshold check: full training set
