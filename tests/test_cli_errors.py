@@ -81,6 +81,7 @@ BAD = {
     "run-seeds-repeated": ["run", "--seeds", "1,1"],
     "run-batch-larger-than-data": ["run", "--batch-size", "100000"],
     "run-unknown-choice": ["run", "--tangent", "uniform-ish"],
+    "run-activity-on-a-test-function": ["run", "--model", "sphere", "--method", "activity"],
     # sweep
     "sweep-missing-spec": ["sweep"],
     "sweep-two-specs": ["sweep", "{ok_yaml}", "{ok_yaml}"],

@@ -75,7 +75,7 @@ SETTINGS = {
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-@pytest.mark.parametrize("method", ["forward", "forward-per-tensor", "backprop"])
+@pytest.mark.parametrize("method", ["forward", "forward-per-tensor", "backprop", "activity"])
 def test_a_population_of_8_gives_each_seed_the_history_it_has_alone(method, setting):
     config = TrainConfig(
         **{
@@ -112,7 +112,7 @@ def test_a_population_of_8_gives_each_seed_the_history_it_has_alone(method, sett
         )
 
 
-@pytest.mark.parametrize("method", ["forward", "forward-per-tensor", "backprop"])
+@pytest.mark.parametrize("method", ["forward", "forward-per-tensor", "backprop", "activity"])
 def test_different_seeds_train_differently(method):
     trainer = train(TrainConfig(model="mlp", method=method, lr=0.01, max_iters=10), [0, 1, 2])
 
@@ -172,6 +172,14 @@ def test_diverging_seeds_stop_and_the_others_carry_on_to_the_threshold():
         {"model": "mlp", "method": "forward-per-tensor", "batch_size": 50, "momentum": 0.9},
         {"model": "mlp", "method": "backprop", "optimizer": "adam", "lr": 0.01, "threshold": 0.1},
         {
+            "model": "mlp",
+            "method": "activity",
+            "batch_size": 16,
+            "optimizer": "adam",
+            "lr": 0.01,
+            "threshold": 0.05,
+        },
+        {
             "model": "rosenbrock",
             "method": "forward",
             "optimizer": "adam",
@@ -184,6 +192,7 @@ def test_diverging_seeds_stop_and_the_others_carry_on_to_the_threshold():
         "mlp-adam-minibatch",
         "per-tensor-momentum-minibatch",
         "backprop-adam",
+        "activity-adam-minibatch",
         "rosenbrock-adam",
     ],
 )
