@@ -18,57 +18,66 @@ from fgray.models import Params, TestFunction
 
 
 class _CrossEntropyClassFirst(torch.autograd.Function):
-    """Per-example cross entropy of class-first logits z (C, ..., N) against labels (1, ..., N).
+    """Cross entropy of class-first logits z (C, ..., N) against labels (1, ..., N): per example
+    (..., N), or its mean over the examples (...,) when `mean` (fused: one op fewer per pass).
 
     Its jvp and vjp are written out from p = softmax(z): d(loss_n) = Σ_c p·t - t[y] and
-    ∇z = (p - onehot(y)) · grad_n. torch's own forward-AD rule for log_softmax runs through a slow
-    decomposition and materialises the full log-softmax tangent; this is ~2x faster at S=256.
-    Written in the setup_context style so torch.func transforms (jvp, vmap) work through it.
+    ∇z = (p - onehot(y)) · grad_n (grad / N for the mean). torch's own forward-AD rule for
+    log_softmax runs through a slow decomposition and materialises the full log-softmax tangent;
+    this is ~2x faster at S=256. Written in the setup_context style so torch.func transforms
+    (jvp, vmap) work through it.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(z: Tensor, labels: Tensor, mean: bool) -> tuple[Tensor, Tensor]:
         logp = torch.log_softmax(z, 0)
         loss = 0.0 - logp.gather(0, labels).squeeze(0)  # 0 - x: a perfect fit is 0
-        return loss, logp.exp()
+        return loss.mean(-1) if mean else loss, logp.exp()
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: tuple) -> None:
-        _, labels = inputs
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, bool], output: tuple) -> None:
+        _, labels, ctx.mean = inputs
         _, p = output
         ctx.mark_non_differentiable(p)
         ctx.save_for_backward(p, labels)
         ctx.save_for_forward(p, labels)
 
     @staticmethod
-    def jvp(ctx: Any, tangent: Tensor, _: Any) -> tuple[Tensor, None]:
+    def jvp(ctx: Any, tangent: Tensor, *_: Any) -> tuple[Tensor, None]:
         p, labels = ctx.saved_tensors
-        return (p * tangent).sum(0) - tangent.gather(0, labels).squeeze(0), None
+        d_loss = (p * tangent).sum(0) - tangent.gather(0, labels).squeeze(0)
+        return d_loss.mean(-1) if ctx.mean else d_loss, None
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, _: Any) -> tuple[Tensor, None]:
+    def backward(ctx: Any, grad: Tensor, _: Any) -> tuple[Tensor, None, None]:
         p, labels = ctx.saved_tensors
         grad_z = p.scatter_add(0, labels, torch.full_like(labels, -1, dtype=p.dtype))
-        return grad_z * grad.unsqueeze(0), None
+        if ctx.mean:
+            return grad_z * (grad.unsqueeze(0).unsqueeze(-1) / p.shape[-1]), None, None
+        return grad_z * grad.unsqueeze(0), None, None
 
 
-def per_example_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross entropy of every example, through log-softmax (never softmax-then-log).
-
-    logits (..., N, C); labels (N,) or (..., N). Returns (..., N).
-    Computed with the class axis first: over a last axis of 3 classes torch's log-softmax
-    kernel is 8x slower at 256 seeds.
-    """
+def _class_first(logits: Tensor, labels: Tensor, mean: bool) -> Tensor:
+    # Computed with the class axis first: over a last axis of 3 classes torch's log-softmax
+    # kernel is 8x slower at 256 seeds.
     labels = labels.expand(logits.shape[:-1]).unsqueeze(0)
-    loss, _ = _CrossEntropyClassFirst.apply(logits.movedim(-1, 0), labels)
+    loss, _ = _CrossEntropyClassFirst.apply(logits.movedim(-1, 0), labels, mean)
     return loss
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross entropy over the example axis: logits (..., N, C) -> (...,)."""
-    return per_example_cross_entropy(logits, labels).mean(-1)
+    """Mean cross entropy over the example axis, through log-softmax (never softmax-then-log).
+
+    logits (..., N, C); labels (N,) or (..., N). Returns (...,).
+    """
+    return _class_first(logits, labels, mean=True)
+
+
+def per_example_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """The cross entropy of every example: logits (..., N, C) -> (..., N)."""
+    return _class_first(logits, labels, mean=False)
 
 
 class Objective:
@@ -87,16 +96,20 @@ class Objective:
         """Per-seed training loss: full training set, or the per-seed example indices (S, B)."""
         if self.data is None:
             return functional_call(self.model, params, ())
-        return self.per_example_loss(params, batch).mean(-1)
+        x, y = self._batch(batch)
+        return cross_entropy(functional_call(self.model, params, (x,)), y)
 
     def per_example_loss(self, params: Params, batch: Tensor | None = None) -> Tensor:
         """(S, N) losses of the examples that `loss` averages (models trained on data only)."""
         if self.data is None:
             raise ValueError(f"{type(self.model).__name__} is a test function: it has no examples")
-        x, y = self.data.x_train, self.data.y_train
-        if batch is not None:
-            x, y = x[batch], y[batch]
+        x, y = self._batch(batch)
         return per_example_cross_entropy(functional_call(self.model, params, (x,)), y)
+
+    def _batch(self, batch: Tensor | None) -> tuple[Tensor, Tensor]:
+        assert self.data is not None
+        x, y = self.data.x_train, self.data.y_train
+        return (x, y) if batch is None else (x[batch], y[batch])
 
     def on(self, batch: Tensor | None = None) -> Loss:
         """The loss an estimator differentiates: the full training set, or a mini-batch."""
