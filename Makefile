@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.fgray-installed
 RESULTS ?= fgray-results
 REPORT  ?= reports/quickstart
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo test test-fast lint format bench mutants clean
 
 setup: $(STAMP)
 
@@ -29,15 +29,20 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check fgray tests benchmarks
-	$(BIN)/ruff format --check fgray tests benchmarks
+	$(BIN)/ruff check fgray tests benchmarks mutants
+	$(BIN)/ruff format --check fgray tests benchmarks mutants
 
 format: setup
-	$(BIN)/ruff format fgray tests benchmarks
-	$(BIN)/ruff check --fix fgray tests benchmarks
+	$(BIN)/ruff format fgray tests benchmarks mutants
+	$(BIN)/ruff check --fix fgray tests benchmarks mutants
 
 bench: setup
 	$(BIN)/python -m benchmarks.run --big --write BENCHMARKS.md
+
+# Curated deliberate bugs (mutants/catalogue.py), each applied to a scratch copy and checked
+# against the tests that should catch it; not part of `make test` (it takes a while).
+mutants: setup
+	$(BIN)/python -m mutants
 
 clean:
 	rm -rf $(RESULTS) reports .pytest_cache .ruff_cache

@@ -22,6 +22,10 @@ very loose here: m is a mean of thousands of independent draws, so by the centra
 each projection is within 6 standard deviations except with probability ~2e-9, and ‖m − g‖²
 concentrates at its expectation. The generators are seeded, so a test is deterministic.
 
+`assert_variance` checks the variance itself: the mean of ‖ĝ_i − g‖² over the draws against the
+derived tr Σ, within C standard errors estimated from the draws (a per-tensor estimator that
+quietly became the joint one is still unbiased, but ~5x noisier on the MLP).
+
 The forward gradient's Σ (derived here, used by `forward_gradient_spread`). One tangent v with
 independent entries, E v = 0, E v² = 1, E v⁴ = μ4 (normal: 3; Rademacher ±1: 1). For the joint
 estimate ĝ = (g·v) v,
@@ -52,6 +56,11 @@ Estimator = Callable[[Callable[[Params], Tensor], Params, list[torch.Generator]]
 
 C = 6.0
 """Tolerance multiple of the predicted standard deviation (see the module docstring)."""
+
+ROUNDING = 1e-4
+"""Allowance, relative, for float32 rounding in the estimates' squared errors (each exact to
+~n·6e-8 relative): it matters only where ‖ĝ − g‖² hardly varies (Rademacher tangents in 2-D make
+it constant, so its standard error is rounding alone)."""
 
 FOURTH_MOMENT = {"normal": 3.0, "rademacher": 1.0}
 
@@ -95,11 +104,16 @@ def forward_gradient_spread(exact: Params, tangent: str, tangents: int, per_tens
     return Spread(error, along)
 
 
+def gradient_vector(exact: Params) -> Tensor:
+    """The exact gradient (tensors with a leading seed axis of 1) as one float64 vector."""
+    return torch.cat([t.reshape(-1).double() for t in exact.values()])
+
+
 def draws_for_scale(spread: Spread, exact: Params, tolerance: float, c: float = C) -> int:
     """How many draws make the scale check's tolerance at most `tolerance`: C·sqrt(gᵀΣg/M)/‖g‖²
     ≤ tolerance. A test sizes its sample with this, so a scale error of a given size is resolved
     whatever the estimator's variance, and a low-variance estimator costs fewer draws."""
-    g = torch.cat([t.reshape(-1).double() for t in exact.values()])
+    g = gradient_vector(exact)
     return math.ceil(c**2 * spread.along(g) / (tolerance**2 * g.dot(g).item() ** 2))
 
 
@@ -108,29 +122,45 @@ def replicate(point: Params, copies: int) -> Params:
     return {k: p.expand(copies, *p.shape[1:]).contiguous() for k, p in point.items()}
 
 
-def mean_of_estimates(
+@dataclass(frozen=True)
+class Sample:
+    """M independent estimates at one point, kept as their mean and their squared errors."""
+
+    mean: Tensor  # (n,) float64
+    squared_errors: Tensor  # (M,) float64: ‖ĝ_i − g‖²
+
+    @property
+    def draws(self) -> int:
+        return len(self.squared_errors)
+
+
+def draw(
     estimate: Estimator,
     loss_fn: Callable[[Params], Tensor],
     point: Params,
+    exact: Params,
     draws: int,
     population: int = 4096,
     first_seed: int = 0,
-) -> Tensor:
-    """The mean (n,) in float64 of `draws` independent estimates at `point`; draw i uses a
-    generator seeded `first_seed + i`, `population` draws per call."""
-    total = None
+) -> Sample:
+    """`draws` independent estimates at `point` (draw i from a generator seeded first_seed + i),
+    `population` of them per call of the estimator."""
+    g = gradient_vector(exact)
+    total = torch.zeros_like(g)
+    errors = []
     for start in range(0, draws, population):
         size = min(population, draws - start)
         generators = [torch.Generator().manual_seed(first_seed + start + i) for i in range(size)]
         _, grads = estimate(loss_fn, replicate(point, size), generators)
-        chunk = flat(grads).sum(0)
-        total = chunk if total is None else total + chunk
-    return total / draws
+        rows = flat(grads)
+        total += rows.sum(0)
+        errors.append(((rows - g) ** 2).sum(1))
+    return Sample(total / draws, torch.cat(errors))
 
 
 @dataclass(frozen=True)
 class Measured:
-    """What `assert_unbiased` measured, each with its tolerance (for messages and reports)."""
+    """What the checks measured, each with its tolerance (for messages and reports)."""
 
     scale: float  # ⟨m, g⟩/‖g‖², 1 when unbiased
     scale_tolerance: float
@@ -138,21 +168,25 @@ class Measured:
     ones_tolerance: float
     error: float  # ‖m − g‖/‖g‖
     error_tolerance: float
+    variance: float  # mean of ‖ĝ_i − g‖² over the draws, relative to the predicted tr Σ
+    variance_tolerance: float
 
     def __str__(self) -> str:
         return (
             f"scale ⟨m,g⟩/‖g‖² = {self.scale:.4f} (1 ± {self.scale_tolerance:.4f}), "
             f"all-ones bias {self.ones:+.4f} (± {self.ones_tolerance:.4f}), "
-            f"‖m − g‖/‖g‖ = {self.error:.4f} (≤ {self.error_tolerance:.4f})"
+            f"‖m − g‖/‖g‖ = {self.error:.4f} (≤ {self.error_tolerance:.4f}), "
+            f"mean ‖ĝ − g‖² / predicted = {self.variance:.4f} (1 ± {self.variance_tolerance:.4f})"
         )
 
 
-def measure(mean: Tensor, exact: Tensor, spread: Spread, draws: int, c: float = C) -> Measured:
-    """The three checks of the module docstring for the mean `mean` of `draws` estimates."""
-    g, m = exact.double().reshape(-1), mean.double().reshape(-1)
+def measure(sample: Sample, exact: Params, spread: Spread, c: float = C) -> Measured:
+    """The checks of the module docstring for `sample`."""
+    g, m, draws = gradient_vector(exact), sample.mean, sample.draws
     norm2 = g.dot(g).item()
     ones = torch.ones_like(g)
     unit = math.sqrt(norm2 * g.numel())  # ‖g‖·‖1‖: makes the all-ones figure relative
+    errors = sample.squared_errors
     return Measured(
         scale=m.dot(g).item() / norm2,
         scale_tolerance=c * math.sqrt(spread.along(g) / draws) / norm2,
@@ -160,13 +194,23 @@ def measure(mean: Tensor, exact: Tensor, spread: Spread, draws: int, c: float = 
         ones_tolerance=c * math.sqrt(spread.along(ones) / draws) / unit,
         error=(m - g).norm().item() / math.sqrt(norm2),
         error_tolerance=c * math.sqrt(spread.error / draws) / math.sqrt(norm2),
+        variance=errors.mean().item() / spread.error,
+        variance_tolerance=c * errors.std().item() / math.sqrt(draws) / spread.error + ROUNDING,
     )
 
 
-def assert_unbiased(mean: Tensor, exact: Tensor, spread: Spread, draws: int, c: float = C) -> None:
-    """Fail unless the mean of `draws` estimates is within C predicted standard deviations of
-    the exact gradient in scale, along all-ones, and in norm."""
-    got = measure(mean, exact, spread, draws, c)
+def assert_unbiased(sample: Sample, exact: Params, spread: Spread, c: float = C) -> None:
+    """Fail unless the mean of the sample is within C predicted standard deviations of the
+    exact gradient in scale, along all-ones, and in norm. `spread` may be an upper bound."""
+    got = measure(sample, exact, spread, c)
     assert abs(got.scale - 1) <= got.scale_tolerance, f"scale is off: {got}"
     assert abs(got.ones) <= got.ones_tolerance, f"biased along all-ones: {got}"
     assert got.error <= got.error_tolerance, f"mean too far from the gradient: {got}"
+
+
+def assert_variance(sample: Sample, exact: Params, spread: Spread, c: float = C) -> None:
+    """Fail unless the draws' mean squared error is the predicted E‖ĝ − g‖² (`spread.error`,
+    exact here, not a bound) within C standard errors, the standard error estimated from the
+    draws themselves (Chebyshev again; thousands of draws make that estimate good to a few %)."""
+    got = measure(sample, exact, spread, c)
+    assert abs(got.variance - 1) <= got.variance_tolerance, f"variance is not as derived: {got}"

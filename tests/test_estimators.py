@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from estimator_math import (
     Estimator,
     assert_unbiased,
+    assert_variance,
+    draw,
     draws_for_scale,
     flat,
     forward_gradient_spread,
-    mean_of_estimates,
 )
 from torch.func import functional_call
 
@@ -184,16 +185,17 @@ ESTIMATOR_CASES = [
 @pytest.mark.parametrize("k", [1, 8])
 @pytest.mark.parametrize("tangent", ["normal", "rademacher"])
 @pytest.mark.parametrize(("model", "method"), ESTIMATOR_CASES)
-def test_forward_gradient_mean_of_many_draws_is_the_gradient_in_size_and_direction(
+def test_forward_gradient_mean_of_many_draws_is_the_gradient_and_its_variance_as_derived(
     model, method, tangent, k
 ):
     objective, point, exact = CASES[model]()
     spread = forward_gradient_spread(exact, tangent, k, per_tensor=method == "forward-per-tensor")
     draws = draws_for_scale(spread, exact, SCALE_TOLERANCE)
 
-    mean = mean_of_estimates(bound(method, tangent, k), objective.loss, point, draws, first_seed=k)
+    sample = draw(bound(method, tangent, k), objective.loss, point, exact, draws, first_seed=k)
 
-    assert_unbiased(mean, flat(exact)[0], spread, draws)
+    assert_unbiased(sample, exact, spread)
+    assert_variance(sample, exact, spread)
 
 
 # The variance behind the cosine prediction. With ĝ = (g·v) v and v of iid zero-mean,
@@ -266,15 +268,24 @@ def test_backprop_is_the_autograd_gradient_for_every_seed():
 
 
 def test_rademacher_tangents_are_plus_or_minus_one_and_standardized_are_standardized():
+    # The MLP's tensors, and a one-entry tensor, which cannot be standardized and stays as drawn.
     objective = objective_for("mlp")
-    params = population(objective, SEEDS)
+    params = {**population(objective, SEEDS), "scalar": torch.zeros(len(SEEDS), 1)}
 
     signs = draw_tangents(params, generators(SEEDS), "rademacher")
     standardized = draw_tangents(params, generators(SEEDS), "standardized")
+    normal = draw_tangents(params, generators(SEEDS), "normal")
 
     for k in params:
-        assert set(signs[k].unique().tolist()) <= {-1.0, 1.0}
+        assert set(signs[k].unique().tolist()) == {-1.0, 1.0}
         per_seed = standardized[k].reshape(len(SEEDS), -1)
-        if per_seed.shape[1] > 1:
-            torch.testing.assert_close(per_seed.mean(1), torch.zeros(len(SEEDS)), atol=1e-5, rtol=0)
-            torch.testing.assert_close(per_seed.std(1), torch.ones(len(SEEDS)))
+        if k == "scalar":
+            torch.testing.assert_close(standardized[k], normal[k], rtol=0, atol=0)
+            continue
+        torch.testing.assert_close(per_seed.mean(1), torch.zeros(len(SEEDS)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(per_seed.std(1), torch.ones(len(SEEDS)))
+    # standardizing is an affine map of the same normal draw, per tensor and seed
+    for k in ("W1", "b3"):
+        raw, std = normal[k].reshape(len(SEEDS), -1), standardized[k].reshape(len(SEEDS), -1)
+        expected = (raw - raw.mean(1, keepdim=True)) / raw.std(1, keepdim=True)
+        torch.testing.assert_close(std, expected)

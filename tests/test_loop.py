@@ -5,11 +5,15 @@
 - a seed's history is the same in a population of 8 as when trained alone, for every estimator,
   with mini-batches and with Adam; different seeds differ;
 - divergence is recorded per seed and the rest of the population carries on;
+- training seconds only grow, continue across save -> restore, and never include evaluation
+  (even a deliberately slow one);
 - save -> restore mid-run continues exactly as an uninterrupted run;
 - the CNN learns on mnist-t10k; the forward gradient takes the 2-D test functions to their minima.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pandas as pd
@@ -161,6 +165,83 @@ def test_diverging_seeds_stop_and_the_others_carry_on_to_the_threshold():
             rtol=1e-5,
             atol=0,
         )
+
+
+# -- the training clock --------------------------------------------------------------------------
+# Training seconds count the estimate, the threshold check and the update, never evaluation
+# (README). No assertion here is about speed: they are orderings and equalities of clock readings.
+CLOCK = TrainConfig(model="logreg", method="forward", lr=0.2, threshold=1e-6, max_iters=40)
+
+
+def run_recording_clock(trainer: PopulationTrainer) -> list[float]:
+    """Run to the end, reading the training clock after every iteration."""
+    readings: list[float] = []
+    trainer.run(on_step=lambda t: readings.append(t.elapsed))
+    return readings
+
+
+def test_training_seconds_only_grow_and_continue_across_save_and_restore(tmp_path):
+    seeds = [0, 1, 2]
+    first = PopulationTrainer(CLOCK, seeds)
+    first.run(until=17)
+    saved = first.elapsed
+    first.save(str(tmp_path / "state.pt"))
+
+    resumed = PopulationTrainer(CLOCK, seeds)
+    resumed.restore(str(tmp_path / "state.pt"))
+    assert resumed.elapsed == saved > 0  # the clock continues; it does not restart at 0
+    readings = run_recording_clock(resumed)
+
+    # every iteration adds time, from where the saved run stopped
+    assert readings[0] > saved
+    assert all(b > a for a, b in zip(readings, readings[1:], strict=False)), readings
+    history = resumed.history_frame()
+    for seed in seeds:
+        seconds = history[history.seed == seed].train_seconds.to_numpy()
+        assert (np.diff(seconds) > 0).all(), seconds
+    before = history[history.iteration < 17]
+    after = history[history.iteration >= 17]
+    pd.testing.assert_frame_equal(
+        before.reset_index(drop=True), first.history_frame().reset_index(drop=True)
+    )
+    assert (after.train_seconds > saved).all()
+    # all censored at max_iters, with the clock as it read at their last check
+    for result in resumed.results():
+        assert result.outcome == "censored"
+        assert result.train_seconds == history.train_seconds.max() <= readings[-1]
+
+
+def test_a_slow_evaluation_adds_nothing_to_training_seconds():
+    """Evaluation is made slow (a real sleep before the real evaluation, every iteration). The
+    time spent training and the time spent evaluating are disjoint stretches of the run, so
+    their sum cannot exceed the run's wall time; had evaluation been counted as training, the
+    training seconds alone would already include every sleep and the sum would exceed it."""
+    config = CLOCK.replace(eval_every=1)
+    slow = PopulationTrainer(config, [0, 1, 2])
+    evaluate = slow.objective.evaluate
+    evaluating: list[float] = []
+
+    def slow_evaluate(params):
+        start = time.perf_counter()
+        time.sleep(0.02)
+        metrics = evaluate(params)
+        evaluating.append(time.perf_counter() - start)
+        return metrics
+
+    slow.objective.evaluate = slow_evaluate
+    start = time.perf_counter()
+    slow.run()
+    wall = time.perf_counter() - start
+
+    assert len(evaluating) == CLOCK.max_iters + 1  # evaluated at every iteration, 0..40
+    # 1e-6 s: rounding of ~100 float clock differences (each exact to ~1e-15 s)
+    assert slow.elapsed + sum(evaluating) <= wall + 1e-6
+    # and training itself is unchanged by it
+    fast = train(config, [0, 1, 2])
+    pd.testing.assert_frame_equal(
+        slow.history_frame().drop(columns="train_seconds"),
+        fast.history_frame().drop(columns="train_seconds"),
+    )
 
 
 # -- checkpointing -------------------------------------------------------------------------------

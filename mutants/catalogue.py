@@ -1,0 +1,185 @@
+"""The curated mutants: deliberate bugs the test suite must catch, each as exact text edits.
+
+Each mutant names the tests that should catch it (files, or file::test ids), so checking it
+costs a few of them, not the suite. When the code moves on, a mutant's original snippet stops
+matching and the runner says "does not apply": re-target it at the code as it is now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str  # relative to the repository root
+    original: str  # must occur exactly once in the file
+    replacement: str
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    description: str
+    edits: tuple[Edit, ...]
+    tests: tuple[str, ...]
+
+
+def mutant(name: str, description: str, tests: list[str], *edits: tuple[str, str, str]) -> Mutant:
+    return Mutant(name, description, tuple(Edit(*e) for e in edits), tuple(tests))
+
+
+ESTIMATOR_TESTS = ["tests/test_estimators.py"]
+CLOCK_TESTS = [
+    "tests/test_loop.py::test_training_seconds_only_grow_and_continue_across_save_and_restore",
+    "tests/test_loop.py::test_a_slow_evaluation_adds_nothing_to_training_seconds",
+]
+EST = "fgray/estimators.py"
+OBJ = "fgray/objective.py"
+LOOP = "fgray/loop.py"
+
+MUTANTS: list[Mutant] = [
+    # -- the six that an audit found surviving (issue 19) -----------------------------------------
+    mutant(
+        "forward-scaled-1.1",
+        "the forward gradient comes out 10% too large (cosine with ∇f is unchanged)",
+        ESTIMATOR_TESTS,
+        (
+            EST,
+            "    return loss, _mean(grads, tangents)\n",
+            "    return loss, {k: 1.1 * g for k, g in _mean(grads, tangents).items()}\n",
+        ),
+    ),
+    mutant(
+        "normal-tangent-mean-0.15",
+        "normal tangents have mean +0.15: a bias along all-ones, hidden on logreg",
+        ESTIMATOR_TESTS,
+        (
+            EST,
+            "torch.randn(n, generator=g, device=first.device, dtype=first.dtype) for g in",
+            "torch.randn(n, generator=g, device=first.device, dtype=first.dtype) + 0.15 for g in",
+        ),
+    ),
+    mutant(
+        "k-tangents-summed",
+        "K tangents' estimates summed instead of averaged",
+        ESTIMATOR_TESTS,
+        (
+            EST,
+            "    return grads if k == 1 else {name: g / k for name, g in grads.items()}\n",
+            "    return grads\n",
+        ),
+    ),
+    mutant(
+        "cross-entropy-jvp-and-backward-x1.5",
+        "the custom cross entropy's jvp and backward both 1.5x too large (they agree, and "
+        "backprop checked through the same backward agrees too)",
+        ["tests/test_objective.py", *ESTIMATOR_TESTS],
+        (
+            OBJ,
+            "return ((p * tangent).sum(0) - tangent.gather(0, labels).squeeze(0)).mean(-1), None",
+            "return 1.5 * ((p * tangent).sum(0) - tangent.gather(0, labels).squeeze(0))"
+            ".mean(-1), None",
+        ),
+        (
+            OBJ,
+            "return grad_z * (grad.unsqueeze(0).unsqueeze(-1) / p.shape[-1]), None",
+            "return 1.5 * grad_z * (grad.unsqueeze(0).unsqueeze(-1) / p.shape[-1]), None",
+        ),
+    ),
+    mutant(
+        "restore-resets-clock",
+        "restoring a checkpoint sets the training clock back to 0",
+        CLOCK_TESTS,
+        (
+            LOOP,
+            '        self.elapsed = float(state["elapsed"])\n',
+            "        self.elapsed = 0.0\n",
+        ),
+    ),
+    # -- every estimator -------------------------------------------------------------------------
+    mutant(
+        "backprop-mean-over-seeds",
+        "backprop differentiates the mean of the seeds' losses, so each seed's gradient is 1/S",
+        ESTIMATOR_TESTS,
+        (
+            EST,
+            "grads = torch.autograd.grad(loss.sum(), ",
+            "grads = torch.autograd.grad(loss.mean(), ",
+        ),
+    ),
+    mutant(
+        "per-tensor-jvp-along-the-whole-tangent",
+        "each tensor's jvp runs along the whole tangent: per-tensor silently becomes the joint "
+        "estimator (still unbiased, ~5x the variance on the MLP)",
+        ESTIMATOR_TESTS,
+        (
+            EST,
+            "directional_derivative(loss_fn, params, {k: v[k] for k in names})",
+            "directional_derivative(loss_fn, params, v)",
+        ),
+    ),
+    mutant(
+        "forward-fresh-tangent-for-the-product",
+        "the jvp's tangent and the one it multiplies are drawn separately (E = 0, not ∇f)",
+        ESTIMATOR_TESTS,
+        (
+            EST,
+            "                grads[k] += per_seed(jvp, v[k]) * v[k]\n",
+            "                w = draw_tangents(params, generators, tangent)\n"
+            "                grads[k] += per_seed(jvp, v[k]) * w[k]\n",
+        ),
+    ),
+    mutant(
+        "rademacher-eighth-sign-constant",
+        "the sign table reads bits 1-8 of a byte, so every eighth Rademacher sign is always -1",
+        ESTIMATOR_TESTS,
+        (EST, ">> torch.arange(8)) & 1)", ">> torch.arange(1, 9)) & 1)"),
+    ),
+    mutant(
+        "standardized-not-rescaled",
+        "standardized tangents are centred but not divided by their standard deviation",
+        ESTIMATOR_TESTS,
+        (
+            EST,
+            "part = (part - part.mean(1, keepdim=True)) / part.std(1, keepdim=True)",
+            "part = part - part.mean(1, keepdim=True)",
+        ),
+    ),
+    # -- the training clock ----------------------------------------------------------------------
+    mutant(
+        "evaluation-timed-as-training",
+        "the update's timer starts before evaluation, so evaluation counts as training time",
+        CLOCK_TESTS,
+        (
+            LOOP,
+            "        evaluate = check and t % cfg.eval_every == 0\n",
+            "        start = time.perf_counter()\n"
+            "        evaluate = check and t % cfg.eval_every == 0\n",
+        ),
+        (
+            LOOP,
+            "        start = time.perf_counter()\n        still = self.running\n",
+            "        still = self.running\n",
+        ),
+    ),
+    mutant(
+        "clock-not-accumulated",
+        "each iteration's training time replaces the total instead of adding to it",
+        CLOCK_TESTS,
+        (LOOP, "        now = self.elapsed + compute_seconds\n", "        now = compute_seconds\n"),
+    ),
+    mutant(
+        "trainable-ignores-checkpoint",
+        "a retried or resumed trial starts from iteration 0 although Tune gave it a checkpoint "
+        "(deterministic training makes the results identical anyway)",
+        [
+            "tests/test_reliability.py::test_a_sweep_killed_at_any_point_resumes_to_identical_results"
+        ],
+        (
+            "fgray/trainable.py",
+            "    checkpoint = tune.get_checkpoint()\n",
+            "    checkpoint = None\n",
+        ),
+    ),
+]
