@@ -6,6 +6,7 @@ a claim the suite does not check. Exits 1 if any mutant survives or no longer ap
     python -m mutants -k estimator    # mutants whose name contains "estimator"
     python -m mutants --list          # what each mutant changes, and its tests
     python -m mutants --baseline      # first check the selected tests pass unmutated
+    python -m mutants --applies       # only check that every mutant still applies (seconds)
 
 A mutant "does not apply" when its original snippet is no longer in the file exactly once: the
 code moved on and the mutant must be re-targeted (reported apart from caught and survived).
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per mutant (1800)")
     parser.add_argument("--baseline", action="store_true", help="check tests pass unmutated")
     parser.add_argument("--list", action="store_true", help="describe the mutants and stop")
+    parser.add_argument("--applies", action="store_true", help="only check each one applies")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTANTS if args.match in m.name]
     if not chosen:
@@ -146,6 +148,20 @@ def main(argv: list[str] | None = None) -> int:
             for e in m.edits:
                 print(f"    {e.path}:\n      - {e.original!r}\n      + {e.replacement!r}")
         return 0
+
+    if args.applies:
+        stale = 0
+        for m in chosen:
+            with tempfile.TemporaryDirectory() as tmp:
+                root = Path(tmp)
+                for e in m.edits:  # a copy of just the files it edits
+                    if (ROOT / e.path).exists() and not (root / e.path).exists():
+                        (root / e.path).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(ROOT / e.path, root / e.path)
+                why = apply(m, root)
+            stale += why is not None
+            print(f"{'applies' if why is None else 'does not apply':>15}  {m.name}  {why or ''}")
+        return 1 if stale else 0
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # end the children on SIGTERM too
     outcomes = []
