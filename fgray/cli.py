@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_keys,
         help="group by these keys (default: every config key that varies)",
     )
+    analyze.add_argument(
+        "--conditional",
+        action="store_true",
+        help="also show the CONDITIONAL estimate (diverged seeds censored: time to threshold of "
+        "runs that do not diverge), labelled so; the default treats divergence as never reaching",
+    )
     analyze.set_defaults(handler=cmd_analyze)
     return parser
 
@@ -370,7 +376,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from fgray.analysis import analyze
 
-    report = analyze(args.paths, args.out, args.by)
+    report = analyze(args.paths, args.out, args.by, conditional=args.conditional)
     print(report.summary)
     print(f"\nreport: {os.path.abspath(report.html_path)} (and report.md beside it)")
     return 0

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgray.config import TEST_FUNCTIONS
+from fgray.functions import FUNCTIONS
 
 Params = dict[str, Tensor]
 
@@ -195,33 +196,22 @@ class TestFunction(nn.Module):
 class Sphere(TestFunction):
     """x² + y², minimum 0 at (0, 0)."""
 
-    start = (1.5, -1.0)
-
-    @staticmethod
-    def value(x: Tensor, y: Tensor) -> Tensor:
-        return x**2 + y**2
+    start, minimum = FUNCTIONS["sphere"].start, FUNCTIONS["sphere"].minimum
+    value = staticmethod(FUNCTIONS["sphere"].value)
 
 
 class Rosenbrock(TestFunction):
     """(1 - x)² + 100 (y - x²)², minimum 0 at (1, 1); the classic start (-1.2, 1)."""
 
-    minimum = (1.0, 1.0)
-    start = (-1.2, 1.0)
-
-    @staticmethod
-    def value(x: Tensor, y: Tensor) -> Tensor:
-        return (1 - x) ** 2 + 100 * (y - x**2) ** 2
+    start, minimum = FUNCTIONS["rosenbrock"].start, FUNCTIONS["rosenbrock"].minimum
+    value = staticmethod(FUNCTIONS["rosenbrock"].value)
 
 
 class Beale(TestFunction):
     """(1.5 - x + xy)² + (2.25 - x + xy²)² + (2.625 - x + xy³)², minimum 0 at (3, 0.5)."""
 
-    minimum = (3.0, 0.5)
-    start = (1.0, 1.0)
-
-    @staticmethod
-    def value(x: Tensor, y: Tensor) -> Tensor:
-        return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
+    start, minimum = FUNCTIONS["beale"].start, FUNCTIONS["beale"].minimum
+    value = staticmethod(FUNCTIONS["beale"].value)
 
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {

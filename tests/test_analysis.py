@@ -1,6 +1,6 @@
-"""The analysis reports what the results say: counts, Kaplan-Meier medians and forward/backprop
-ratios equal independently computed values, every figure is a real PNG embedded in a
-self-contained HTML report, and bad input gets a one-line AnalysisError.
+"""The analysis reports what the results say: counts, medians of time to threshold (divergence a
+competing risk) and forward/backprop ratios equal independently computed values, every figure is a
+real PNG embedded in a self-contained HTML report, and bad input gets a one-line AnalysisError.
 
 `write_synthetic_results` builds a results store with known distributions through
 `fgray.results.write_trial`; integration tests can import it (`from test_analysis import ...`).
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats as sps
+from statsmodels.duration.survfunc import CumIncidenceRight
 
-from fgray.analysis import AnalysisError, analyze, counts, km_median, method_ratios, stats
+from fgray.analysis import AnalysisError, analyze, counts, incidence, method_ratios, stats
 from fgray.analysis.core import load_all
 from fgray.analysis.plots import is_png
 from fgray.config import TrainConfig
@@ -226,69 +226,6 @@ def row_of(table: pd.DataFrame, **key: Any) -> pd.Series:
     return table[mask].iloc[0]
 
 
-# -- Kaplan-Meier medians -------------------------------------------------------------------------
-@pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
-def test_without_censoring_km_median_is_the_empirical_median(n):
-    rng = np.random.default_rng(n)
-    x = rng.integers(1, 20, size=n).astype(float)  # ties included
-    median, low, high = km_median(x, np.ones(n, bool))
-    # The ECDF's median: the smallest x with F(x) >= 1/2 (numpy's inverted_cdf definition).
-    assert median == np.quantile(x, 0.5, method="inverted_cdf")
-    assert math.isnan(low) or low <= median
-    assert math.isnan(high) or high >= median
-
-
-def test_km_median_matches_a_hand_worked_censored_example():
-    # t:        2  3  3+ 5  6+ 8  9  10+      (+ = censored)
-    # at risk:  8  7     5     3  2
-    # S(t):     7/8, 7/8*6/7 = 3/4, 3/4*4/5 = 3/5, 3/5*2/3 = 2/5, 2/5*1/2 = 1/5
-    # F = 1 - S reaches 1/2 first at t = 8 (F = 3/5)  ->  median 8.
-    # Greenwood: Var S = S^2 * sum d / (n (n - d)); upper band F + 1.96 se:
-    #   t=2: 1/8 + 1.96 * 7/8 * sqrt(1/56) = 0.354;  t=3: 1/4 + 1.96 * 3/4 * sqrt(1/56 + 1/42)
-    #   = 0.550 >= 1/2  ->  low = 3.  Lower band F - 1.96 se at t=8: 0.202, t=9: 0.459 (its
-    #   maximum): never 1/2  ->  high undefined.
-    d = [2, 3, 3, 5, 6, 8, 9, 10]
-    reached = [True, True, False, True, False, True, True, False]
-    curve = stats.km_curve(d, reached)
-    np.testing.assert_allclose(curve["t"], [0, 2, 3, 5, 6, 8, 9, 10])
-    np.testing.assert_allclose(curve["cdf"], [0, 1 / 8, 1 / 4, 2 / 5, 2 / 5, 3 / 5, 4 / 5, 4 / 5])
-    z = sps.norm.ppf(0.975)
-    assert curve["high"][1] == pytest.approx(1 / 8 + z * 7 / 8 * math.sqrt(1 / 56))
-    assert curve["high"][2] == pytest.approx(1 / 4 + z * 3 / 4 * math.sqrt(1 / 56 + 1 / 42))
-    median, low, high = km_median(d, reached)
-    assert (median, low) == (8, 3)
-    assert math.isnan(high)
-
-
-def test_km_median_is_undefined_when_under_half_reach():
-    median, low, high = km_median([5, 10, 10, 10], [True, False, False, False])
-    assert math.isnan(median) and math.isnan(high)
-
-
-def test_median_summary_falls_back_to_a_bootstrap_over_reached_seeds():
-    d = np.array([30.0, 50, 200, 200, 200, 200])
-    r = np.array([True, True, False, False, False, False])
-    out = stats.median_summary(d, r)
-    assert out["median_method"] == stats.BOOTSTRAP_REACHED
-    assert out["median"] == 40.0
-    independent = sps.bootstrap(
-        (d[r],),
-        np.median,
-        method="percentile",
-        n_resamples=stats.N_RESAMPLES,
-        rng=np.random.default_rng(stats.RANDOM_SEED),
-    )
-    assert out["ci_low"] == pytest.approx(independent.confidence_interval.low)
-    assert out["ci_high"] == pytest.approx(independent.confidence_interval.high)
-
-
-def test_median_summary_marks_a_group_that_never_reached():
-    out = stats.median_summary([200.0, 4, 200], [False, False, False])
-    assert out["median_method"] == stats.NOT_REACHED
-    assert math.isnan(out["median"])
-    assert out["n_reached"] == 0
-
-
 # -- tables on the synthetic sweep ----------------------------------------------------------------
 def test_default_groups_are_the_config_keys_that_vary(synthetic):
     root, _ = synthetic
@@ -311,6 +248,21 @@ def test_counts_equal_the_outcomes_written(synthetic):
         assert row["errored"] == expected["error"]
 
 
+def _library_median(d: list[float], events: list[int]) -> float:
+    """Where statsmodels' Aalen-Johansen curve of reaching first gets to 1/2 (NaN: never)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lib = CumIncidenceRight(np.asarray(d, float), np.asarray(events))
+    hit = np.nonzero(lib.cinc[0] >= 0.5 - 1e-12)[0]
+    return float(lib.times[hit[0]]) if hit.size else math.nan
+
+
+def _events(g: GroupSpec) -> tuple[list[float], list[int]]:
+    """A group's (time, statsmodels status) per non-errored seed: 1 reached, 2 diverged."""
+    code = {"reached": 1, "diverged": 2, "censored": 0}
+    pairs = [(float(it), code[o]) for o, it in g.seeds.values() if o != "error"]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 def test_uncensored_group_median_is_the_empirical_median(analyzed):
     report, _, groups = analyzed
     g = find(groups, "logreg", "backprop", 0.1)
@@ -318,8 +270,9 @@ def test_uncensored_group_median_is_the_empirical_median(analyzed):
     row = row_of(
         report.tables["iterations_to_threshold"], model="logreg", method="backprop", lr=0.1
     )
-    assert row["median_method"] == stats.KM
     assert row["median"] == np.quantile(iters, 0.5, method="inverted_cdf")
+    assert row["ci_low"] <= row["median"] <= row["ci_high"]
+    assert row["reached_fraction"] == pytest.approx(1.0)
     measured = row_of(
         report.tables["seconds_to_threshold_measured"], model="logreg", method="backprop", lr=0.1
     )
@@ -328,37 +281,55 @@ def test_uncensored_group_median_is_the_empirical_median(analyzed):
     )
 
 
-def test_censored_and_diverged_seeds_are_censored_and_errored_excluded(analyzed):
+def test_group_medians_are_where_the_library_cumulative_incidence_crosses_half(analyzed):
+    # every group: censored seeds censor, diverged seeds compete, errored seeds are excluded;
+    # the median is where statsmodels' Aalen-Johansen curve of reaching first gets to 1/2
     report, _, groups = analyzed
+    table = report.tables["iterations_to_threshold"]
+    defined = 0
     for g in groups:
-        if g.reached == 0:
-            continue
-        d, r = [], []
-        for outcome, it in g.seeds.values():
-            if outcome != "error":
-                d.append(it)
-                r.append(outcome == "reached")
-        expected = km_median(d, r)
-        row = row_of(
-            report.tables["iterations_to_threshold"], model=g.model, method=g.method, lr=g.lr
-        )
-        assert row["n"] == len(d)
-        assert row["errored_excluded"] == g.errored
-        if not math.isnan(expected[0]):
-            np.testing.assert_allclose([row["median"], row["ci_low"], row["ci_high"]], expected)
+        d, events = _events(g)
+        row = row_of(table, model=g.model, method=g.method, lr=g.lr)
+        assert (row["n"], row["errored_excluded"]) == (len(d), g.errored)
+        assert (row["n_reached"], row["n_diverged"]) == (g.reached, g.diverged)
+        assert row["reached_fraction"] == pytest.approx(g.reached / len(d))  # caps at the end
+        expected = _library_median(d, events)
+        np.testing.assert_equal(row["median"], expected)
+        defined += not math.isnan(expected)
+    assert defined == 4  # and 2 groups where under half reached: no median
 
 
-def test_under_half_reached_uses_reached_only_bootstrap(analyzed):
-    report, _, groups = analyzed
-    g = find(groups, "rosenbrock", "forward", 0.001)
+def test_divergence_is_not_censoring(analyzed):
+    # logreg backprop lr 1.0: 6 reached, 2 censored at the cap, 2 diverged early (3-7 iterations).
+    # Censoring the diverged seeds would put them back into "might still reach": KM would climb
+    # to 6/8 = 0.75; as a competing risk the curve ends at 6/10.
+    report, out, groups = analyzed
+    g = find(groups, "logreg", "backprop", 1.0)
+    row = row_of(
+        report.tables["iterations_to_threshold"], model="logreg", method="backprop", lr=1.0
+    )
+    assert row["reached_fraction"] == pytest.approx(6 / 10)
+    assert row["estimator"] == incidence.AALEN_JOHANSEN
+    assert "CONDITIONAL" not in (out / "report.md").read_text().split("## Summary")[1]
+    d, events = _events(g)
+    assert incidence.conditional_incidence(d, events).final_reached == pytest.approx(6 / 8)
+
+
+def test_under_half_reached_has_no_median_and_shows_the_reached_fraction(analyzed):
+    report, out, _ = analyzed
+    # rosenbrock forward: 2 of 6 reached (4 censored at the cap)
     row = row_of(
         report.tables["iterations_to_threshold"], model="rosenbrock", method="forward", lr=0.001
     )
-    assert row["median_method"] == stats.BOOTSTRAP_REACHED
-    assert row["median"] == np.median(g.iterations("reached"))
+    assert math.isnan(row["median"]) and math.isnan(row["ci_low"]) and math.isnan(row["ci_high"])
+    assert row["reached_fraction"] == pytest.approx(2 / 6)
+    assert row["note"] == "not reached by half of the seeds (2/6 reached, 0 diverged)"
+    line = next(x for x in report.summary.splitlines() if "rosenbrock, method=forward" in x)
+    assert line.count("under half reached (0.3333)") == 2  # iterations and seconds
+    assert stats.NOT_REACHED_BY_HALF in (out / "report.md").read_text()
 
 
-def test_group_with_zero_reached_is_marked_not_reached(analyzed):
+def test_group_with_zero_reached_has_no_median(analyzed):
     report, out, _ = analyzed
     for name in (
         "iterations_to_threshold",
@@ -366,26 +337,26 @@ def test_group_with_zero_reached_is_marked_not_reached(analyzed):
         "seconds_to_threshold_modelled",
     ):
         row = row_of(report.tables[name], model="logreg", method="forward", lr=1.0)
-        assert row["median_method"] == stats.NOT_REACHED
-        assert row["n_reached"] == 0
+        assert row["n_reached"] == 0 and row["n_diverged"] == 5
+        assert row["reached_fraction"] == 0
         assert math.isnan(row["median"])
     assert row_of(report.tables["counts"], model="logreg", method="forward", lr=1.0)["reached"] == 0
-    assert "not reached" in (out / "report.md").read_text()
-    assert "not reached" in report.summary
+    assert "under half reached (0)" in report.summary
 
 
 def test_modelled_seconds_are_iterations_times_the_group_step_cost(analyzed):
     report, _, _ = analyzed
     iters = report.tables["iterations_to_threshold"]
     modelled = report.tables["seconds_to_threshold_modelled"]
+    assert len(iters) == len(modelled) == 6
     for i in range(len(iters)):
-        if iters["median_method"].iloc[i] != stats.KM:
-            continue
         method = iters["method"].iloc[i]
         population = 6 if iters["model"].iloc[i] == "rosenbrock" else 1
         cost = STEP_SECONDS[method] * population
         assert modelled["seconds_per_iteration"].iloc[i] == pytest.approx(cost)
-        assert modelled["median"].iloc[i] == pytest.approx(iters["median"].iloc[i] * cost)
+        # NaN (no median) on both sides where under half reached
+        np.testing.assert_allclose(modelled["median"].iloc[i], iters["median"].iloc[i] * cost)
+        np.testing.assert_allclose(modelled["reached_fraction"], iters["reached_fraction"])
     assert modelled["measure"].str.startswith("seconds (modelled").all()
     measured = report.tables["seconds_to_threshold_measured"]
     assert measured["measure"].str.startswith("seconds (measured").all()
@@ -403,47 +374,75 @@ def test_cost_per_iteration_is_the_median_step_per_model_method_device_populatio
             assert row["seconds_per_seed_step"] == pytest.approx(step)
 
 
-def test_forward_backprop_ratios_are_ratios_of_reached_medians(analyzed):
+def test_forward_backprop_ratio_is_the_ratio_of_medians(analyzed):
     report, _, groups = analyzed
     ratios = report.tables["method_ratios"]
-    pairs = {("logreg", 0.1), ("logreg", 1.0), ("rosenbrock", 0.001)}
-    assert set(zip(ratios["model"], ratios["lr"], strict=True)) == pairs
-    for model, lr in pairs:
-        fwd = np.array(find(groups, model, "forward", lr).iterations("reached"), float)
-        bp = np.array(find(groups, model, "backprop", lr).iterations("reached"), float)
+    assert set(zip(ratios["model"], ratios["lr"], strict=True)) == {
+        ("logreg", 0.1),
+        ("logreg", 1.0),
+        ("rosenbrock", 0.001),
+    }
+    # logreg lr 0.1: both medians defined (forward: 8 of 11 reached, 3 censored at the cap)
+    fwd, bp = (_events(find(groups, "logreg", m, 0.1)) for m in ("forward", "backprop"))
+    row = row_of(ratios, model="logreg", lr=0.1, measure="iterations")
+    expected = _library_median(*fwd) / _library_median(*bp)
+    assert row["ratio"] == pytest.approx(expected)
+    assert row["ci_low"] <= row["ratio"]
+    assert (row["forward_reached"], row["forward_seeds"]) == (8, 11)
+    seconds = row_of(
+        ratios, model="logreg", lr=0.1, measure=stats.MEASURE_LABELS["seconds_measured"]
+    )
+    f_sec = [(t + 1) * STEP_SECONDS["forward"] for t in fwd[0]]
+    b_sec = [(t + 1) * STEP_SECONDS["backprop"] for t in bp[0]]
+    assert seconds["ratio"] == pytest.approx(
+        _library_median(f_sec, fwd[1]) / _library_median(b_sec, bp[1])
+    )
+
+
+def test_a_ratio_where_a_median_is_undefined_says_so_and_gives_reached_fractions(analyzed):
+    report, _, _ = analyzed
+    ratios = report.tables["method_ratios"]
+    for model, lr, reached, diverged, seeds, bp_fraction in (
+        ("logreg", 1.0, 0, 5, 8, 6 / 10),
+        ("rosenbrock", 0.001, 2, 0, 6, 5 / 6),
+    ):
         row = row_of(ratios, model=model, lr=lr, measure="iterations")
-        if fwd.size == 0:
-            assert math.isnan(row["ratio"]) and "forward not reached" in row["note"]
-            continue
-        assert row["ratio"] == pytest.approx(np.median(fwd) / np.median(bp))
-        assert row["ci_low"] <= row["ratio"] <= row["ci_high"]
-        seconds = row_of(
-            ratios, model=model, lr=lr, measure=stats.MEASURE_LABELS["seconds_measured"]
+        assert math.isnan(row["ratio"]) and math.isnan(row["forward_median"])
+        assert row["note"] == (
+            f"forward: not reached by half of the seeds ({reached}/{seeds} reached, "
+            f"{diverged} diverged)"
         )
-        expected = np.median((fwd + 1) * STEP_SECONDS["forward"]) / np.median(
-            (bp + 1) * STEP_SECONDS["backprop"]
-        )
-        assert seconds["ratio"] == pytest.approx(expected)
+        assert row["forward_reached_fraction"] == pytest.approx(reached / seeds)
+        assert row["backprop_reached_fraction"] == pytest.approx(bp_fraction)
+    assert "none: reached 0 vs 0.6" in report.summary
 
 
-def test_ratio_bootstrap_is_reproducible_and_matches_scipy(synthetic):
+def test_ratio_bootstrap_is_reproducible(synthetic):
     root, _ = synthetic
     trials, _ = load_all([str(root)])
     first = method_ratios(trials, ["model", "method", "lr"])
     second = method_ratios(trials, ["model", "method", "lr"])
     pd.testing.assert_frame_equal(first, second)
-    f, b = np.array([3.0, 5, 8, 9]), np.array([1.0, 2, 2, 4])
-    ratio, low, high = stats.ratio_of_medians(f, b)
-    independent = sps.bootstrap(
-        (f, b),
-        lambda x, y, axis: np.median(x, axis=axis) / np.median(y, axis=axis),
-        paired=False,
-        method="percentile",
-        n_resamples=stats.N_RESAMPLES,
-        rng=np.random.default_rng(stats.RANDOM_SEED),
-    )
-    assert ratio == pytest.approx(6.5 / 2)
-    assert (low, high) == pytest.approx(tuple(independent.confidence_interval))
+
+
+def test_conditional_view_only_on_request_and_labelled(tmp_path):
+    groups = [
+        GroupSpec("logreg", "backprop", 1.0, reached=6, censored=2, diverged=2),
+        GroupSpec("logreg", "forward", 1.0, reached=3, diverged=3),
+    ]
+    write_synthetic_results(tmp_path / "exp", groups)
+    report = analyze([str(tmp_path / "exp")], str(tmp_path), conditional=True)
+    table = report.tables["iterations_to_threshold_conditional"]
+    assert (table["estimator"] == incidence.CONDITIONAL).all()
+    assert incidence.CONDITIONAL.startswith("CONDITIONAL")
+    row = row_of(table, method="backprop")
+    assert row["reached_fraction"] == pytest.approx(6 / 8)  # divergence censored
+    # the default tables are unchanged by the option: still 6 of 10 reached
+    default = row_of(report.tables["iterations_to_threshold"], method="backprop")
+    assert default["reached_fraction"] == pytest.approx(6 / 10)
+    md = (tmp_path / "report.md").read_text()
+    assert "## CONDITIONAL iterations to threshold" in md
+    assert all(is_png(p) for p in report.plots)
 
 
 def test_no_ratios_when_method_is_not_a_group_key(synthetic):
@@ -466,8 +465,9 @@ def test_analyze_writes_every_table_and_a_png_per_applicable_plot(analyzed):
     assert all(not t.empty for t in report.tables.values())
     kinds = Counter(Path(p).name.split("-")[0] for p in report.plots)
     # panels: (logreg, 0.1), (logreg, 1.0), (rosenbrock, 0.001) -> 3 each of test curves,
-    # training loss and KM; one lr sweep (logreg; rosenbrock has one lr); one trajectory figure.
-    assert kinds == {"test": 3, "train": 3, "km": 3, "lr": 1, "trajectories": 1}
+    # training loss and time to threshold; one lr sweep (logreg; rosenbrock has one lr); one
+    # trajectory figure.
+    assert kinds == {"test": 3, "train": 3, "incidence": 3, "lr": 1, "trajectories": 1}
     for path in report.plots:
         data = Path(path).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000
@@ -476,7 +476,8 @@ def test_analyze_writes_every_table_and_a_png_per_applicable_plot(analyzed):
     md = (out / "report.md").read_text()
     for path in report.plots:
         assert f"({Path(path).name})" in md
-    assert "MEASURED" in md and "MODELLED" in md and "errored seeds are excluded" in md
+    assert "MEASURED" in md and "MODELLED" in md and "Errored seeds are excluded" in md
+    assert "Aalen-Johansen" in md and "## CONDITIONAL" not in md
 
 
 def test_html_is_self_contained_with_every_image_embedded(analyzed):
@@ -554,8 +555,10 @@ def test_unknown_by_key_is_an_error(synthetic, tmp_path):
 def test_damaged_results_are_an_error_naming_the_part(tmp_path):
     write_synthetic_results(tmp_path / "exp", [GroupSpec("logreg", "backprop", 0.1, reached=2)])
     (tmp_path / "exp" / "results" / "trials" / "broken.parquet").write_bytes(b"not parquet")
-    with pytest.raises(AnalysisError, match="broken.parquet"):
+    with pytest.raises(AnalysisError, match="broken.parquet") as err:
         analyze([str(tmp_path / "exp")], str(tmp_path / "out"))
+    # no manifest here: `fgray resume` could not repair it, so it is not advised
+    assert "fgray resume" not in str(err.value) and "move them out" in str(err.value)
 
 
 def test_several_experiments_are_analysed_together(tmp_path):
@@ -567,3 +570,22 @@ def test_several_experiments_are_analysed_together(tmp_path):
     assert report.by == ["model", "method"]
     assert report.tables["counts"]["seeds"].sum() == len(a[0].seeds) + len(b[0].seeds)
     assert any("trajectories" in Path(p).name for p in report.plots)
+
+
+def test_the_same_experiment_twice_is_refused(tmp_path):
+    # two copies of one experiment would count every seed twice (n doubled, CIs too narrow)
+    groups = [GroupSpec("logreg", "backprop", 0.1, reached=3)]
+    write_synthetic_results(tmp_path / "a", groups)
+    write_synthetic_results(tmp_path / "copy", groups)
+    with pytest.raises(AnalysisError, match="hold the same experiment 'synth'") as err:
+        analyze([str(tmp_path / "a"), str(tmp_path / "copy")], str(tmp_path / "out"))
+    assert str(tmp_path / "copy") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_counts_print_as_integers_when_every_trial_errored(tmp_path):
+    # one group and no text column: a row read positionally would upcast to 2.0 0.0 ...
+    write_synthetic_results(tmp_path / "exp", [GroupSpec("logreg", "backprop", 0.1, 0, errored=2)])
+    report = analyze([str(tmp_path / "exp")], str(tmp_path / "out"))
+    assert report.by == []
+    row = report.summary.splitlines()[1].split()
+    assert row[:7] == ["all", "seeds", "2", "0", "0", "0", "2"], report.summary

@@ -3,12 +3,44 @@
     report = analyze(["path/to/experiment"], "report-dir", by=["model", "method"])
     print(report.summary)
 
-`stats` holds the pure statistics (Kaplan-Meier medians, bootstrap ratios), `plots` the figures,
-`report` the Markdown / HTML writers.
+`incidence` holds the estimators on plain arrays (cumulative incidence of reaching the threshold
+with divergence competing, medians, forward/backprop comparisons; typed results), `stats` the
+tables built from the results frames, `plots` the figures, `report` the Markdown / HTML writers.
 """
 
-from fgray.analysis.core import Report, analyze, load_all
+from fgray.analysis.core import Loaded, Report, analyze, load_all, load_experiments
 from fgray.analysis.errors import AnalysisError
-from fgray.analysis.stats import counts, km_median, method_ratios
+from fgray.analysis.incidence import (
+    Event,
+    IncidenceCurve,
+    MedianComparison,
+    TimeEstimate,
+    compare_medians,
+    conditional_incidence,
+    conditional_median_time,
+    cumulative_incidence,
+    median_time,
+    time_to_fraction,
+)
+from fgray.analysis.stats import counts, method_ratios
 
-__all__ = ["AnalysisError", "Report", "analyze", "counts", "km_median", "load_all", "method_ratios"]
+__all__ = [
+    "AnalysisError",
+    "Event",
+    "IncidenceCurve",
+    "Loaded",
+    "MedianComparison",
+    "Report",
+    "TimeEstimate",
+    "analyze",
+    "compare_medians",
+    "conditional_incidence",
+    "conditional_median_time",
+    "counts",
+    "cumulative_incidence",
+    "load_all",
+    "load_experiments",
+    "median_time",
+    "method_ratios",
+    "time_to_fraction",
+]

@@ -18,8 +18,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from fgray.analysis import stats
+from fgray.analysis import incidence, stats
 from fgray.config import TEST_FUNCTIONS
+from fgray.functions import FUNCTIONS
 
 METHOD_ORDER = ("backprop", "forward", "forward-per-tensor")
 COLORS = {"backprop": "C0", "forward": "C3", "forward-per-tensor": "C2"}
@@ -180,59 +181,73 @@ def train_loss(key: dict[str, Any], series: list[Series], out_dir: str, index: i
     return _save(fig, out_dir, "train-loss", index, title, key)
 
 
-def km_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: int) -> Plot | None:
-    """Kaplan-Meier P(reached by t) in iterations and measured seconds, with 95% CI bands."""
+def incidence_curves(
+    key: dict[str, Any],
+    series: list[Series],
+    out_dir: str,
+    index: int,
+    conditional: bool = False,
+) -> Plot | None:
+    """P(reached the threshold by t) in iterations and measured seconds: the cumulative incidence
+    with divergence as a competing event (so each curve ends at the fraction that reached) with a
+    95% bootstrap band over seeds, and P(diverged by t) in a lighter dashed line. `conditional`
+    adds the Kaplan-Meier curve with diverged seeds censored, dotted and labelled CONDITIONAL."""
     measures = ("iterations", "seconds_measured")
     data = {(s.name, m): stats.durations(s.trials, m) for s in series for m in measures}
-    if not any(len(d) for d, _ in data.values()):
+    if not any(len(t) for t, _ in data.values()):
         return None
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
     axes = fig.subplots(1, len(measures), squeeze=False)[0]
     for ax, measure in zip(axes, measures, strict=True):
+        diverging = False
         for i, s in enumerate(series):
-            d, r = data[(s.name, measure)]
-            color = _color(s.name, i)
-            curve = stats.km_curve(d, r)
-            if curve.empty:  # P(reached) stays 0 over the time the seeds were watched
-                ax.plot(
-                    [0, d.max() if len(d) else 0],
-                    [0, 0],
-                    color=color,
-                    label=f"{s.name}: none reached ({len(d)} seeds)",
-                )
+            t, e = data[(s.name, measure)]
+            if not len(t):
                 continue
-            t_end = max(float(d.max()), float(curve["t"].iloc[-1]))
-            t = np.append(curve["t"], t_end)
-            ext = {c: np.append(curve[c], curve[c].iloc[-1]) for c in ("cdf", "low", "high")}
-            ax.step(
-                t,
-                ext["cdf"],
-                where="post",
-                color=color,
-                label=f"{s.name} ({int(r.sum())}/{len(d)} reached)",
-            )
-            ax.fill_between(
-                t, ext["low"], ext["high"], step="post", color=color, alpha=0.2, linewidth=0
-            )
-            censored = d[~r]
+            color = _color(s.name, i)
+            c = incidence.cumulative_incidence(t, e)
+            ax.step(c.t, c.reached, where="post", color=color, label=f"{s.name}: {c.legend()}")
+            ax.fill_between(c.t, c.low, c.high, step="post", color=color, alpha=0.2, linewidth=0)
+            if c.n_diverged:
+                diverging = True
+                ax.step(
+                    c.t, c.diverged, where="post", color=color, alpha=0.45, linestyle="--",
+                    linewidth=1,
+                )  # fmt: skip
+            censored = t[e == incidence.Event.CENSORED]
             if censored.size:
-                y = np.interp(censored, t, ext["cdf"])  # KM is flat there: marks sit on the curve
+                y = [c.at(x) for x in censored]  # the curve is flat there: marks sit on it
                 ax.plot(censored, y, "|", color=color, markersize=8)
+            if conditional:
+                k = incidence.conditional_incidence(t, e)
+                ax.step(
+                    k.t, k.reached, where="post", color=color, linestyle=":",
+                    label=f"{s.name}: CONDITIONAL (diverged censored)",
+                )  # fmt: skip
         ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(stats.MEASURE_LABELS[measure])
         ax.set_ylabel("P(reached threshold by t)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="lower right")
-    title = f"time to threshold (Kaplan-Meier, 95% CI; | = censored): {stats.label(key)}"
-    fig.suptitle(title)
-    return _save(fig, out_dir, "km", index, title, key)
+        handles = ax.get_legend_handles_labels()[0]
+        if diverging:
+            handles.append(
+                Line2D([], [], color="grey", alpha=0.45, linestyle="--", label="P(diverged by t)")
+            )
+        ax.legend(handles=handles, fontsize="small", loc="best")
+    title = (
+        "time to threshold: P(reached by t), divergence competing, caps censor "
+        f"(95% bootstrap band over seeds; | = censored): {stats.label(key)}"
+    )
+    fig.suptitle(title, fontsize="medium")
+    return _save(fig, out_dir, "incidence", index, title, key)
 
 
 def lr_sweep(
     key: dict[str, Any], rows: pd.DataFrame, count_rows: pd.DataFrame, out_dir: str, index: int
 ) -> Plot | None:
-    """Median iterations to threshold vs learning rate (95% CIs) and the diverged fraction."""
+    """Median iterations to threshold vs learning rate (95% CIs; x where under half reached), with
+    the reached and diverged fractions."""
     if rows["lr"].nunique() < 2:
         return None
     fig = Figure(figsize=(10, 4.5), layout="constrained")
@@ -249,23 +264,18 @@ def lr_sweep(
         lr, med = part["lr"].to_numpy(float), part["median"].to_numpy(float)
         ax.plot(lr, med, color=color, label=f"{name}: median iterations")
         for _, r in part.iterrows():
-            if r["median_method"] == stats.NOT_REACHED:
+            if not np.isfinite(r["median"]):  # not reached by half of the seeds
                 ax.plot(r["lr"], top, "x", color=color, markersize=9)
                 continue
-            face = color if r["median_method"] == stats.KM else "none"
             low = r["median"] - r["ci_low"] if np.isfinite(r["ci_low"]) else 0.0
             high = r["ci_high"] - r["median"] if np.isfinite(r["ci_high"]) else 0.0
-            ax.errorbar(
-                r["lr"],
-                r["median"],
-                yerr=[[low], [high]],
-                fmt="o",
-                color=color,
-                markerfacecolor=face,
-                capsize=3,
-            )
+            ax.errorbar(r["lr"], r["median"], yerr=[[low], [high]], fmt="o", color=color, capsize=3)
             if not np.isfinite(r["ci_high"]):
                 ax.plot(r["lr"], r["median"], "^", color=color, markersize=7)
+        twin.plot(
+            lr, part["reached_fraction"], "v-", color=color, alpha=0.5, linewidth=1,
+            label=f"{name}: reached fraction",
+        )  # fmt: skip
         c = count_rows if m is None else count_rows[count_rows["method"] == m]
         c = c.sort_values("lr")
         twin.plot(
@@ -283,23 +293,16 @@ def lr_sweep(
     twin.set_ylim(0, 1.05)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("median iterations to threshold (95% CI)")
-    twin.set_ylabel("diverged fraction (squares)")
+    twin.set_ylabel("reached (triangles) / diverged (squares) fraction")
     ax.grid(alpha=0.3)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     handles += [
-        Line2D([], [], marker="o", color="grey", linestyle="", label="filled: KM median"),
-        Line2D(
-            [],
-            [],
-            marker="o",
-            color="grey",
-            markerfacecolor="none",
-            linestyle="",
-            label="open: reached-only median (under half reached)",
-        ),
         Line2D([], [], marker="^", color="grey", linestyle="", label="^: upper CI bound undefined"),
-        Line2D([], [], marker="x", color="grey", linestyle="", label="x at top: not reached"),
-    ]
+        Line2D(
+            [], [], marker="x", color="grey", linestyle="",
+            label="x at top: not reached by half of the seeds",
+        ),
+    ]  # fmt: skip
     fig.legend(handles=handles, fontsize="small", loc="outside right upper")
     title = f"learning-rate sweep: {stats.label(key)}"
     fig.suptitle(title)
@@ -310,8 +313,6 @@ def trajectories(
     key: dict[str, Any], model: str, series: list[Series], out_dir: str, index: int
 ) -> Plot | None:
     """2-D paths (x, y per iteration) of every seed over the test function's contours."""
-    from fgray.models import MODEL_CLASSES  # the function's formula, start and minimum
-
     paths = [
         (s, h)
         for s in series
@@ -325,7 +326,7 @@ def trajectories(
     ]
     if not paths:
         return None
-    fn = MODEL_CLASSES[model]
+    fn = FUNCTIONS[model]
     xy = np.concatenate([h[["x", "y"]].to_numpy(float) for _, h in paths])
     anchors = np.array([fn.start, fn.minimum], dtype=float)
     lo = np.minimum(np.percentile(xy, 2, axis=0), anchors.min(axis=0))
@@ -379,8 +380,11 @@ def make_all(
     by: Sequence[str],
     tables: dict[str, pd.DataFrame],
     out_dir: str,
+    conditional: bool = False,
 ) -> tuple[list[Plot], list[str]]:
-    """Every applicable figure, written into out_dir; also the list of figures skipped and why."""
+    """Every applicable figure, written into out_dir; also the list of figures skipped and why.
+    `conditional` adds the CONDITIONAL (divergence censored) curves to the time-to-threshold
+    figures."""
     by = list(by)
     plots: list[Plot] = []
     skipped: list[str] = []
@@ -399,7 +403,10 @@ def make_all(
         name = stats.label(key)
         add(test_curves(key, series, out_dir, index), f"test curves ({name}): no test metrics")
         add(train_loss(key, series, out_dir, index), f"training loss ({name}): no history")
-        add(km_curves(key, series, out_dir, index), f"Kaplan-Meier ({name}): no non-errored seeds")
+        add(
+            incidence_curves(key, series, out_dir, index, conditional),
+            f"time to threshold ({name}): no non-errored seeds",
+        )
 
     if "lr" in by and trials["lr"].nunique() > 1:
         sweep_by = [k for k in by if k not in ("method", "lr")]

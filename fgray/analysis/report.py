@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fgray.analysis import stats
+from fgray.analysis import incidence, stats
 from fgray.analysis.plots import Plot
 
 MEDIAN_COLUMNS = {"median", "forward_median", "backprop_median"}
@@ -29,35 +29,41 @@ TABLE_TITLES = {
     "seconds_to_threshold_modelled": "Seconds to threshold: MODELLED (iterations x group median "
     "cost per iteration)",
     "cost_per_iteration": "Cost per iteration (model / method / device / population size)",
-    "method_ratios": "Forward vs backprop (ratio forward / backprop of medians over reached seeds)",
+    "method_ratios": "Forward vs backprop (ratio forward / backprop of the median times to "
+    "threshold)",
+    "iterations_to_threshold_conditional": "CONDITIONAL iterations to threshold: diverged seeds "
+    "censored, i.e. only for runs that do not diverge (requested with --conditional)",
 }
 
 METHOD_NOTES = [
     "Each row of the results is one seed. Outcomes: reached (training loss fell below the "
     "threshold), censored (iteration or time cap), diverged (non-finite loss or parameters), "
     "error (the seed's trial failed).",
-    "Time to threshold is estimated with Kaplan-Meier (scipy.stats.ecdf on "
-    "scipy.stats.CensoredData): censored AND diverged seeds are right-censored where they "
-    "stopped (iterations_run / train_seconds); errored seeds are excluded (column "
-    "errored_excluded). Treating divergence as censoring estimates the time to threshold of "
-    "runs that keep going; how often a setting diverges is in the counts table and lr plots.",
-    "Median (median_method = Kaplan-Meier): the first t where the KM CDF reaches 0.5. Its 95% CI "
-    "inverts the CDF's pointwise 95% band (res.cdf.confidence_interval(0.95), Greenwood) at 0.5; "
-    "a bound the band never reaches is 'undefined' (see ci_note).",
-    f"Where fewer than half the seeds reached, the KM median is undefined; the table then gives "
-    f"the median of the reached seeds only with a percentile bootstrap 95% CI (scipy.stats."
-    f"bootstrap, {stats.N_RESAMPLES} resamples, rng seed {stats.RANDOM_SEED}), marked "
-    f"median_method = '{stats.BOOTSTRAP_REACHED}'. It conditions on reaching and so is "
-    f"optimistic. A group where no seed reached is marked '{stats.NOT_REACHED}'.",
+    "P(reached the threshold by t) is the cumulative incidence of reaching with divergence as a "
+    "competing terminal event (Aalen-Johansen): a diverged seed will never reach the threshold, "
+    "so it is not censored; only caps censor (at iterations_run / train_seconds). Each curve "
+    "therefore ends at the fraction of seeds that reached (reached_fraction). Errored seeds are "
+    "excluded (column errored_excluded).",
+    "Median: the first t where that curve reaches 0.5. Where it never does, the median is "
+    f"undefined: '{stats.NOT_REACHED_BY_HALF}' (the reached fraction is then the result), "
+    "never a median of the seeds that happened to reach.",
+    f"95% CIs and bands are percentile bootstraps over seeds ({incidence.N_RESAMPLES} resamples, "
+    f"rng seed {incidence.RANDOM_SEED}): seeds are resampled with replacement and the estimate "
+    "recomputed; a resample whose curve never reaches 0.5 has no median, so a CI bound that "
+    "too many resamples never reach is 'undefined' (see note).",
     "Seconds come in two labelled forms. MEASURED: seconds_to_threshold on the trial's own "
     "training clock; it is a per-seed time only when population_size is 1 (seeds trained "
     "together share one clock). MODELLED: iterations to threshold x the group's median seconds "
     "per iteration (history step times), i.e. the time a seed would take at the group's typical "
     "step cost.",
     "Forward vs backprop: for each pair of groups that differ only in method, the ratio forward "
-    "/ backprop of the medians over reached seeds, with a percentile bootstrap 95% CI over the "
-    f"two independent samples (paired=False, {stats.N_RESAMPLES} resamples, rng seed "
-    f"{stats.RANDOM_SEED}). Ratios > 1 mean forward needs more.",
+    "/ backprop of those medians, with a percentile bootstrap 95% CI over the seeds of both "
+    "groups (resampled independently). Where either median is undefined there is no ratio: the "
+    "note says which, and the reached fractions are the comparison. Ratios > 1 mean forward "
+    "needs more.",
+    "The CONDITIONAL estimate (Kaplan-Meier with diverged seeds censored: time to threshold of "
+    "runs that do not diverge) appears only when asked for (`fgray analyze --conditional`), and "
+    "is labelled CONDITIONAL wherever it does.",
     "Curves show the median over seeds with a 10-90% band; each seed is interpolated on a common "
     "grid within its own recorded range, so seeds that stopped drop out of later points.",
 ]
@@ -73,30 +79,21 @@ def _fmt(x: Any) -> str:
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as strings: 4 significant digits, undefined CI bounds and unreached medians
-    spelled out instead of NaN."""
+    """The table as strings: 4 significant digits, undefined CI bounds and medians spelled out
+    instead of NaN."""
     out = pd.DataFrame(index=table.index)
     for col in table.columns:
         values = []
-        for i, x in table[col].items():
+        for x in table[col]:
             missing = isinstance(x, (float, np.floating)) and math.isnan(x)
             if missing and col in CI_COLUMNS:
                 values.append("undefined")
-            elif missing and col in MEDIAN_COLUMNS and _unreached(table, i, col):
-                values.append("not reached")
+            elif missing and col in MEDIAN_COLUMNS:
+                values.append(stats.NOT_REACHED_BY_HALF)
             else:
                 values.append(_fmt(x))
         out[col] = values
     return out
-
-
-def _unreached(table: pd.DataFrame, i: Any, col: str) -> bool:
-    count = {
-        "median": "n_reached",
-        "forward_median": "forward_reached",
-        "backprop_median": "backprop_reached",
-    }[col]
-    return count in table.columns and table.at[i, count] == 0
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -110,65 +107,63 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _with_ci(median: float, low: float, high: float, method: str) -> str:
-    if method == stats.NOT_REACHED or math.isnan(median):
-        return "not reached"
-    ci = (
-        f"[{_fmt(low) if not math.isnan(low) else '?'}, "
-        f"{_fmt(high) if not math.isnan(high) else '?'}]"
-    )
-    mark = "" if method == stats.KM else "*"
-    return f"{_fmt(median)}{mark} {ci}"
+def _with_ci(row: dict[str, Any]) -> str:
+    if math.isnan(row["median"]):
+        return f"under half reached ({_fmt(row['reached_fraction'])})"
+    low, high = (_fmt(row[k]) if not math.isnan(row[k]) else "?" for k in ("ci_low", "ci_high"))
+    return f"{_fmt(row['median'])} [{low}, {high}]"
 
 
-def summary(tables: dict[str, pd.DataFrame], by: Sequence[str]) -> str:
+def summary(tables: dict[str, pd.DataFrame], by: Sequence[str], notes: Sequence[str] = ()) -> str:
     """A compact terminal table: per group counts and median iterations / seconds to threshold,
-    then the forward/backprop ratios."""
-    counts = tables["counts"]
+    then the forward/backprop ratios; `notes` (incompleteness, ignored files) come first."""
+    counts = tables["counts"].to_dict("records")  # records keep ints ints (iloc would upcast)
     iters = tables["iterations_to_threshold"]
     secs = tables["seconds_to_threshold_measured"]
+    # counts may hold groups that have no results yet (all missing): match the others by key
+    timed = {
+        stats.key_of(it, by): (it, s)
+        for it, s in zip(iters.to_dict("records"), secs.to_dict("records"), strict=True)
+    }
     rows = []
-    for i in range(len(counts)):
-        c, it, s = counts.iloc[i], iters.iloc[i], secs.iloc[i]
-        rows.append(
-            {
-                "group": stats.label({k: stats.plain_value(c[k]) for k in by}),
-                "seeds": c["seeds"],
-                "reach": c["reached"],
-                "cens": c["censored"],
-                "div": c["diverged"],
-                "err": c["errored"],
-                "iters to thr [95% CI]": _with_ci(
-                    it["median"], it["ci_low"], it["ci_high"], it["median_method"]
-                ),
-                "sec to thr, measured": _with_ci(
-                    s["median"], s["ci_low"], s["ci_high"], s["median_method"]
-                ),
-            }
-        )
-    text = pd.DataFrame(rows).to_string(index=False)
+    for c in counts:
+        row = {
+            "group": stats.label({k: stats.plain_value(c[k]) for k in by}),
+            "seeds": c["seeds"],
+            "reach": c["reached"],
+            "cens": c["censored"],
+            "div": c["diverged"],
+            "err": c["errored"],
+        }
+        if any(x["missing"] for x in counts):
+            row["missing"] = c["missing"]
+        it, s = timed.get(stats.key_of(c, by), (None, None))
+        row["iters to thr [95% CI]"] = _with_ci(it) if it else "no results"
+        row["sec to thr, measured"] = _with_ci(s) if s else "no results"
+        rows.append(row)
+    text = "\n".join(notes) + "\n\n" if notes else ""
+    text += pd.DataFrame(rows).to_string(index=False)
     text += (
-        "\n* = median of reached seeds only (under half reached: KM median undefined); "
-        "? = CI bound undefined"
+        "\nmedians where P(reached by t) crosses 0.5, divergence competing (under half reached: "
+        "no median; the reached fraction shown instead); ? = CI bound undefined"
     )
     ratios = tables["method_ratios"]
     if not ratios.empty:
         panel = [k for k in by if k != "method"]
         lines = []
-        for _, r in ratios.iterrows():
-            where = stats.label({k: stats.plain_value(r[k]) for k in panel})
-            measure = r["measure"]
+        for r in ratios.to_dict("records"):
             value = (
-                "n/a"
-                if math.isnan(r["ratio"])
-                else (f"{_fmt(r['ratio'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
+                _with_ci({**r, "median": r["ratio"]})
+                if not math.isnan(r["ratio"])
+                else f"none: reached {_fmt(r['forward_reached_fraction'])} vs "
+                f"{_fmt(r['backprop_reached_fraction'])}"
             )
             lines.append(
                 {
                     "pair": f"{r['forward_method']}/backprop",
-                    "where": where,
-                    "measure": measure,
-                    "ratio [95% CI]": value,
+                    "where": stats.label({k: stats.plain_value(r[k]) for k in panel}),
+                    "measure": r["measure"],
+                    "ratio of medians [95% CI]": value,
                     "note": r["note"] or "",
                 }
             )
@@ -189,9 +184,12 @@ def write_markdown(
     plots: list[Plot],
     skipped: list[str],
     summary_text: str,
+    notes: Sequence[str] = (),
 ) -> None:
     lines = ["# fgray analysis", ""]
     lines += [f"- **{k}:** {v}" for k, v in header.items()]
+    if notes:
+        lines += [""] + [f"> **{n}**" for n in notes]
     lines += ["", "## How the numbers are estimated", ""]
     lines += [f"- {note}" for note in METHOD_NOTES]
     lines += ["", "## Summary", "", "```", summary_text, "```", ""]
@@ -231,6 +229,7 @@ def write_html(
     plots: list[Plot],
     skipped: list[str],
     summary_text: str,
+    notes: Sequence[str] = (),
 ) -> None:
     """One self-contained page: styles inline, every figure a data:image/png;base64 URI."""
     e = html.escape
@@ -243,7 +242,8 @@ def write_html(
         "<ul>",
     ]
     parts += [f"<li><b>{e(k)}:</b> {e(v)}</li>" for k, v in header.items()]
-    parts += ["</ul>", "<h2>How the numbers are estimated</h2>", "<ul>"]
+    parts += ["</ul>"] + [f"<p><b>{e(n)}</b></p>" for n in notes]
+    parts += ["<h2>How the numbers are estimated</h2>", "<ul>"]
     parts += [f"<li>{e(note)}</li>" for note in METHOD_NOTES]
     parts += ["</ul>", "<h2>Summary</h2>", f"<pre>{e(summary_text)}</pre>"]
     for name, table in tables.items():

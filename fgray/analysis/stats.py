@@ -4,10 +4,14 @@ Nothing here reads files or draws; every function takes the `trials` / `history`
 `fgray.results.load` returns (or plain arrays) and returns numbers or a DataFrame, so each one can
 be checked on its own against a hand-worked example.
 
-Time to threshold is a survival problem: a seed that hit the iteration/time cap or diverged has
-not reached the threshold *yet*, so it is right-censored where it stopped (iterations_run,
-train_seconds). Errored seeds say nothing about training and are left out. The estimate is
-scipy's Kaplan-Meier (``scipy.stats.ecdf`` on ``CensoredData``) of P(reached by t).
+Time to threshold is a competing-risks problem (see `fgray.analysis.incidence`): a seed that hit
+the iteration/time cap has not reached the threshold *yet* and is right-censored where it stopped
+(iterations_run, train_seconds); a seed that diverged will *never* reach it, so divergence is a
+competing terminal event, not censoring. P(reached by t) is the Aalen-Johansen cumulative
+incidence, the median is where it crosses 1/2 (else undefined: "not reached by half of the
+seeds"), and CIs are percentile bootstraps over seeds. Errored seeds say nothing about training
+and are left out. The conditional view (divergence censored) is only computed on request and is
+labelled CONDITIONAL wherever it appears.
 """
 
 from __future__ import annotations
@@ -19,24 +23,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from fgray.analysis import incidence
 from fgray.analysis.errors import AnalysisError
+from fgray.analysis.incidence import (
+    N_RESAMPLES,
+    RANDOM_SEED,
+    IncidenceCurve,
+    TimeEstimate,
+)
 from fgray.config import field_names
 
 SEED_KEYS = ["experiment", "trial_name", "seed"]
 TRIAL_KEYS = ["experiment", "trial_name"]
 OUTCOMES = ("reached", "censored", "diverged", "error")
+MISSING = "missing"  # a planned seed without results (its trial has not finished)
 BACKPROP = "backprop"
 FORWARD_METHODS = ("forward", "forward-per-tensor")
 COST_KEYS = ["model", "method", "device", "device_name", "population_size"]
 
-CONFIDENCE = 0.95
-N_RESAMPLES = 9999
-RANDOM_SEED = 0
-_EPS = 1e-12  # KM probabilities are products of fractions; 0.5 may come out as 0.4999999999999
-
-# measure -> (value when reached, value where censored), in the trials frame
+# measure -> (value when reached, value where the seed stopped otherwise), in the trials frame
 MEASURES = {
     "iterations": ("iterations_to_threshold", "iterations_run"),
     "seconds_measured": ("seconds_to_threshold", "train_seconds"),
@@ -48,9 +54,7 @@ MEASURE_LABELS = {
     "seconds_modelled": "seconds (modelled)",
 }
 
-KM = "Kaplan-Meier"
-BOOTSTRAP_REACHED = "bootstrap, reached seeds only (KM median undefined: under half reached)"
-NOT_REACHED = "not reached"
+NOT_REACHED_BY_HALF = "not reached by half of the seeds"
 
 
 # -- grouping -------------------------------------------------------------------------------------
@@ -114,195 +118,116 @@ def _fmt_value(v: Any) -> str:
 
 
 # -- counts ---------------------------------------------------------------------------------------
-def counts(trials: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """Seeds per group and how each ended: reached, censored (cap), diverged, errored."""
+COUNT_COLUMNS = [
+    "seeds",
+    "trials",
+    "reached",
+    "censored",
+    "diverged",
+    "errored",
+    "missing",
+    "reached_fraction",
+    "diverged_fraction",
+]
+
+
+def counts(
+    trials: pd.DataFrame, by: Sequence[str], missing: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Seeds per group and how each ended: reached, censored (cap), diverged, errored; and, when
+    `missing` (planned seeds without results, with their config columns) is given, how many of
+    the group's planned seeds have no results yet. Fractions are of the seeds with results."""
+    frame = trials
+    if missing is not None and len(missing) and all(k in missing.columns for k in by):
+        frame = pd.concat(
+            [trials, missing[[*by, *SEED_KEYS]].assign(outcome=MISSING)], ignore_index=True
+        )
     rows = []
-    for key, frame in groups(trials, by):
-        outcome = frame["outcome"]
-        n = len(frame)
-        row = {**key, "seeds": n, "trials": frame[TRIAL_KEYS].drop_duplicates().shape[0]}
+    for key, group in groups(frame, by):
+        outcome = group["outcome"]
+        done = group[outcome != MISSING]
+        n = len(done)
+        row = {**key, "seeds": n, "trials": done[TRIAL_KEYS].drop_duplicates().shape[0]}
         names = ("reached", "censored", "diverged", "errored")
         for name, value in zip(names, OUTCOMES, strict=True):
             row[name] = int((outcome == value).sum())
+        row["missing"] = int((outcome == MISSING).sum())
         row["reached_fraction"] = row["reached"] / n if n else math.nan
         row["diverged_fraction"] = row["diverged"] / n if n else math.nan
         rows.append(row)
-    return pd.DataFrame(
-        rows,
-        columns=[
-            *by,
-            "seeds",
-            "trials",
-            "reached",
-            "censored",
-            "diverged",
-            "errored",
-            "reached_fraction",
-            "diverged_fraction",
-        ],
-    )
+    return pd.DataFrame(rows, columns=[*by, *COUNT_COLUMNS])
 
 
-# -- Kaplan-Meier ---------------------------------------------------------------------------------
-def _check(durations: Any, reached: Any) -> tuple[np.ndarray, np.ndarray]:
-    d = np.asarray(durations, dtype=float).ravel()
-    r = np.asarray(reached, dtype=bool).ravel()
-    if d.shape != r.shape:
-        raise ValueError(f"durations ({d.size}) and reached ({r.size}) differ in length")
-    if not np.isfinite(d).all():
-        raise ValueError("durations must be finite (drop errored or unrecorded seeds first)")
-    return d, r
-
-
-def km_fit(durations: Any, reached: Any) -> Any | None:
-    """scipy's Kaplan-Meier fit (reached = event, else right-censored); None without events."""
-    d, r = _check(durations, reached)
-    if not r.any():
-        return None
-    return stats.ecdf(stats.CensoredData.right_censored(d, ~r))
-
-
-def _km_band(fit: Any, confidence: float) -> Any:
-    with warnings.catch_warnings():
-        # Greenwood's variance is 0/0 where the KM curve reaches 1; scipy returns NaN and warns.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return fit.cdf.confidence_interval(confidence)
-
-
-def _first_reaching(quantiles: np.ndarray, probabilities: np.ndarray, p: float = 0.5) -> float:
-    """The first t whose CDF value is >= p (NaN, i.e. undefined, where a curve never gets there)."""
-    hit = np.nonzero(np.nan_to_num(probabilities, nan=-1.0) >= p - _EPS)[0]
-    return float(quantiles[hit[0]]) if hit.size else math.nan
-
-
-def km_median(
-    durations: Any, reached: Any, confidence: float = CONFIDENCE
-) -> tuple[float, float, float]:
-    """(median, low, high) of time to threshold from Kaplan-Meier; NaN marks an undefined value.
-
-    The median is the first t where the KM CDF reaches 0.5. Its CI inverts the pointwise CI of
-    the CDF (``res.cdf.confidence_interval``) at 0.5: the low end is where the upper band reaches
-    0.5, the high end where the lower band does (undefined when that band never gets there).
-    """
-    fit = km_fit(durations, reached)
-    if fit is None:
-        return math.nan, math.nan, math.nan
-    band = _km_band(fit, confidence)
-    return (
-        _first_reaching(fit.cdf.quantiles, fit.cdf.probabilities),
-        _first_reaching(band.high.quantiles, band.high.probabilities),
-        _first_reaching(band.low.quantiles, band.low.probabilities),
-    )
-
-
-def km_curve(durations: Any, reached: Any, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """The KM CDF as a step table (t, cdf, low, high), starting at (0, 0); empty without events."""
-    fit = km_fit(durations, reached)
-    if fit is None:
-        return pd.DataFrame(columns=["t", "cdf", "low", "high"], dtype=float)
-    band = _km_band(fit, confidence)
-    t = np.concatenate([[0.0], fit.cdf.quantiles])
-    return pd.DataFrame(
-        {
-            "t": t,
-            "cdf": np.concatenate([[0.0], fit.cdf.probabilities]),
-            "low": np.concatenate([[0.0], band.low.probabilities]),
-            "high": np.concatenate([[0.0], band.high.probabilities]),
-        }
-    )
-
-
-def bootstrap_median(
-    values: Any,
-    confidence: float = CONFIDENCE,
-    seed: int = RANDOM_SEED,
-    n_resamples: int = N_RESAMPLES,
-) -> tuple[float, float, float]:
-    """(median, low, high) with a percentile bootstrap CI; the CI is NaN under two values."""
-    x = np.asarray(values, dtype=float).ravel()
-    if x.size == 0:
-        return math.nan, math.nan, math.nan
-    median = float(np.median(x))
-    if x.size < 2:
-        return median, math.nan, math.nan
-    res = stats.bootstrap(
-        (x,),
-        np.median,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    ci = res.confidence_interval
-    return median, float(ci.low), float(ci.high)
-
-
-def median_summary(
-    durations: Any,
-    reached: Any,
-    confidence: float = CONFIDENCE,
-    seed: int = RANDOM_SEED,
-    n_resamples: int = N_RESAMPLES,
-) -> dict[str, Any]:
-    """The median time to threshold of one group, and which estimate it is.
-
-    Kaplan-Meier where its median is defined; where fewer than half reached, the median of the
-    reached seeds with a bootstrap CI (biased low: it conditions on reaching); 'not reached' when
-    none did. Bounds that cannot be computed are NaN and named in `ci_note`.
-    """
-    d, r = _check(durations, reached)
-    out: dict[str, Any] = {
-        "n": int(d.size),
-        "n_reached": int(r.sum()),
-        "median": math.nan,
-        "ci_low": math.nan,
-        "ci_high": math.nan,
-        "median_method": NOT_REACHED,
-        "ci_note": "",
-    }
-    if not r.any():
-        out["ci_note"] = "no seed reached the threshold"
-        return out
-    median, low, high = km_median(d, r, confidence)
-    if not math.isnan(median):
-        out.update(median=median, ci_low=low, ci_high=high, median_method=KM)
-        notes = [
-            f"{side} bound undefined (the CDF's {band} {CONFIDENCE:.0%} band never reaches 0.5)"
-            for side, band, v in (("lower", "upper", low), ("upper", "lower", high))
-            if math.isnan(v)
-        ]
-        if 2 * r.sum() < d.size:
-            # Seeds censored early (diverged) leave the at-risk set, so a few reached seeds can
-            # carry the KM curve past 0.5: say so rather than let the median look solid.
-            notes.append(f"only {int(r.sum())} of {d.size} reached: the KM median rests on them")
-        out["ci_note"] = "; ".join(notes)
-        return out
-    median, low, high = bootstrap_median(d[r], confidence, seed, n_resamples)
-    out.update(median=median, ci_low=low, ci_high=high, median_method=BOOTSTRAP_REACHED)
-    if r.sum() < 2:
-        out["ci_note"] = "CI undefined: a bootstrap needs at least 2 reached seeds"
-    return out
-
-
-# -- per-seed durations ---------------------------------------------------------------------------
+# -- per-seed times -------------------------------------------------------------------------------
 def durations(
     frame: pd.DataFrame, measure: str, cost: float = math.nan
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(duration, reached) per non-errored seed: time to threshold, or where it was censored.
+    """(time, event) per non-errored seed: the time it reached the threshold, diverged, or was
+    censored, and its `incidence.Event` code.
 
     `seconds_modelled` is iterations x `cost` (the group's median seconds per iteration). Seeds
-    without a recorded duration (should not happen) are dropped.
+    without a recorded time (should not happen) are dropped.
     """
     if measure not in MEASURES:
         raise ValueError(f"unknown measure {measure!r}; one of {', '.join(MEASURES)}")
-    when_reached, when_censored = MEASURES[measure]
-    frame = frame[frame["outcome"] != "error"]
-    reached = (frame["outcome"] == "reached").to_numpy()
-    value = np.where(reached, as_floats(frame[when_reached]), as_floats(frame[when_censored]))
+    when_reached, when_stopped = MEASURES[measure]
+    frame = frame[frame["outcome"].isin(("reached", "diverged", "censored"))]
+    events = incidence.events_from_outcomes(frame["outcome"].to_numpy())
+    reached = events == incidence.Event.REACHED
+    value = np.where(reached, as_floats(frame[when_reached]), as_floats(frame[when_stopped]))
     if measure == "seconds_modelled":
         value = value * cost
     keep = np.isfinite(value)
-    return value[keep], reached[keep]
+    return value[keep], events[keep]
+
+
+def curve(
+    frame: pd.DataFrame,
+    measure: str,
+    cost: float = math.nan,
+    *,
+    conditional: bool = False,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = RANDOM_SEED,
+) -> IncidenceCurve:
+    """P(reached by t) of a group's seeds: the cumulative incidence (divergence competing), or,
+    only with `conditional=True`, the Kaplan-Meier curve with diverged seeds censored."""
+    t, e = durations(frame, measure, cost)
+    if conditional:
+        return incidence.conditional_incidence(t, e)
+    return incidence.cumulative_incidence(t, e, n_resamples=n_resamples, seed=seed)
+
+
+def median(
+    frame: pd.DataFrame,
+    measure: str,
+    cost: float = math.nan,
+    *,
+    conditional: bool = False,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = RANDOM_SEED,
+) -> TimeEstimate:
+    """A group's median time to threshold (see `curve` for `conditional`)."""
+    t, e = durations(frame, measure, cost)
+    if conditional:
+        return incidence.conditional_median_time(t, e)
+    return incidence.median_time(t, e, n_resamples=n_resamples, seed=seed)
+
+
+TIME_COLUMNS = [
+    "measure",
+    "n",
+    "n_reached",
+    "n_diverged",
+    "n_censored",
+    "errored_excluded",
+    "reached_fraction",
+    "median",
+    "ci_low",
+    "ci_high",
+    "estimator",
+    "note",
+]
 
 
 def time_to_threshold(
@@ -310,12 +235,16 @@ def time_to_threshold(
     by: Sequence[str],
     measure: str,
     cost: pd.DataFrame | None = None,
+    *,
+    conditional: bool = False,
     seed: int = RANDOM_SEED,
     n_resamples: int = N_RESAMPLES,
 ) -> pd.DataFrame:
-    """One row per group: median time to threshold in `measure` units with its 95% CI.
+    """One row per group: median time to threshold in `measure` units with its 95% CI, and the
+    fraction that reached the threshold by the end of observation.
 
-    `cost` (from `group_cost`) is needed for ``seconds_modelled``.
+    `cost` (from `group_cost`) is needed for ``seconds_modelled``. `conditional=True` gives the
+    CONDITIONAL (divergence censored) medians instead; the `estimator` column says which.
     """
     costs = _cost_lookup(cost, by) if measure == "seconds_modelled" else {}
     if measure == "seconds_modelled" and cost is None:
@@ -323,48 +252,37 @@ def time_to_threshold(
     rows = []
     for key, frame in groups(trials, by):
         c = costs.get(tuple(key.values()), math.nan)
-        d, r = durations(frame, measure, c)
+        est = median(frame, measure, c, conditional=conditional, n_resamples=n_resamples, seed=seed)
+        notes = [est.note]
         row = {
             **key,
             "measure": MEASURE_LABELS[measure],
+            "n": est.n,
+            "n_reached": est.n_reached,
+            "n_diverged": est.n_diverged,
+            "n_censored": est.n_censored,
             "errored_excluded": int((frame["outcome"] == "error").sum()),
+            "reached_fraction": est.reached_fraction,
+            "median": est.value,
+            "ci_low": est.ci_low,
+            "ci_high": est.ci_high,
+            "estimator": est.estimator,
         }
-        row.update(median_summary(d, r, seed=seed, n_resamples=n_resamples))
         if measure == "seconds_modelled":
             row["seconds_per_iteration"] = c
             if math.isnan(c):
-                row["ci_note"] = "no step timings for this group"
+                notes = ["no step timings for this group"]
         if measure == "seconds_measured":
             row["max_population_size"] = _max_int(frame["population_size"])
             if row["max_population_size"] > 1:
-                row["ci_note"] = "; ".join(
-                    filter(
-                        None,
-                        [
-                            row["ci_note"],
-                            "population>1: clock shared by the seeds trained together",
-                        ],
-                    )
-                )
+                notes.append("population>1: clock shared by the seeds trained together")
+        row["note"] = "; ".join(filter(None, notes))
         rows.append(row)
     extra = {
         "seconds_modelled": ["seconds_per_iteration"],
         "seconds_measured": ["max_population_size"],
     }.get(measure, [])
-    columns = [
-        *by,
-        "measure",
-        "n",
-        "n_reached",
-        "errored_excluded",
-        "median",
-        "ci_low",
-        "ci_high",
-        "median_method",
-        "ci_note",
-        *extra,
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=[*by, *TIME_COLUMNS, *extra])
 
 
 def as_floats(series: pd.Series) -> np.ndarray:
@@ -464,41 +382,6 @@ def _cost_lookup(cost: pd.DataFrame | None, by: Sequence[str]) -> dict[tuple[Any
 
 
 # -- forward vs backprop --------------------------------------------------------------------------
-def _ratio_of_medians(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.median(x, axis=axis) / np.median(y, axis=axis)
-
-
-def ratio_of_medians(
-    forward: Any,
-    backprop: Any,
-    confidence: float = CONFIDENCE,
-    seed: int = RANDOM_SEED,
-    n_resamples: int = N_RESAMPLES,
-) -> tuple[float, float, float]:
-    """median(forward) / median(backprop) with a percentile bootstrap CI over the two independent
-    samples (paired=False); NaN where a sample is empty, CI NaN where one has under 2 values."""
-    f = np.asarray(forward, dtype=float).ravel()
-    b = np.asarray(backprop, dtype=float).ravel()
-    if f.size == 0 or b.size == 0:
-        return math.nan, math.nan, math.nan
-    ratio = float(_ratio_of_medians(f, b))
-    if f.size < 2 or b.size < 2:
-        return ratio, math.nan, math.nan
-    res = stats.bootstrap(
-        (f, b),
-        _ratio_of_medians,
-        paired=False,
-        vectorized=True,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    ci = res.confidence_interval
-    return ratio, float(ci.low), float(ci.high)
-
-
 RATIO_COLUMNS = [
     "forward_method",
     "measure",
@@ -508,9 +391,13 @@ RATIO_COLUMNS = [
     "ci_low",
     "ci_high",
     "forward_reached",
+    "forward_diverged",
     "forward_seeds",
+    "forward_reached_fraction",
     "backprop_reached",
+    "backprop_diverged",
     "backprop_seeds",
+    "backprop_reached_fraction",
     "note",
 ]
 
@@ -524,8 +411,11 @@ def method_ratios(
 ) -> pd.DataFrame:
     """Forward / backprop for every pair of groups that differ only in `method`.
 
-    Ratios of the medians over reached seeds of iterations and seconds to threshold (measured;
-    modelled too when `cost` is given), with bootstrap CIs. Empty when `method` is not a key.
+    Ratios of the median times to threshold (where P(reached by t) crosses 1/2, divergence
+    competing) in iterations and measured seconds (modelled too when `cost` is given), with a
+    bootstrap CI over the seeds of both groups. Where a median is undefined the ratio is NaN, the
+    note says which, and the reached fractions are the comparison. Empty when `method` is not a
+    key.
     """
     by = list(by)
     panel = [k for k in by if k != "method"]
@@ -541,51 +431,28 @@ def method_ratios(
         if BACKPROP not in by_method:
             continue
         for fwd in (m for m in FORWARD_METHODS if m in by_method):
-            pair = {BACKPROP: by_method[BACKPROP], fwd: by_method[fwd]}
             for measure in measures:
-                samples, seeds = {}, {}
-                for method, f in pair.items():
+                data = []
+                for method in (fwd, BACKPROP):
                     c = costs.get(key_of({**key, "method": method}, by), math.nan)
-                    d, r = durations(f, measure, c)
-                    samples[method], seeds[method] = d[r], len(f)
-                ratio, low, high = ratio_of_medians(
-                    samples[fwd], samples[BACKPROP], seed=seed, n_resamples=n_resamples
+                    data += list(durations(by_method[method], measure, c))
+                cmp = incidence.compare_medians(
+                    *data, n_resamples=n_resamples, seed=seed, names=(fwd, BACKPROP)
                 )
-                note = _ratio_note(samples[fwd], samples[BACKPROP], measure, frame)
-                rows.append(
-                    {
-                        **key,
-                        "forward_method": fwd,
-                        "measure": MEASURE_LABELS[measure],
-                        "forward_median": _median(samples[fwd]),
-                        "backprop_median": _median(samples[BACKPROP]),
-                        "ratio": ratio,
-                        "ci_low": low,
-                        "ci_high": high,
-                        "forward_reached": len(samples[fwd]),
-                        "forward_seeds": seeds[fwd],
-                        "backprop_reached": len(samples[BACKPROP]),
-                        "backprop_seeds": seeds[BACKPROP],
-                        "note": note,
-                    }
-                )
+                notes = [cmp.note]
+                if measure == "seconds_measured" and _max_int(frame["population_size"]) > 1:
+                    notes.append("population>1: measured clock shared by seeds")
+                row = {**key, "forward_method": fwd, "measure": MEASURE_LABELS[measure]}
+                row.update(forward_median=cmp.a.value, backprop_median=cmp.b.value)
+                row.update(ratio=cmp.ratio, ci_low=cmp.ci_low, ci_high=cmp.ci_high)
+                for side, est in (("forward", cmp.a), ("backprop", cmp.b)):
+                    row[f"{side}_reached"] = est.n_reached
+                    row[f"{side}_diverged"] = est.n_diverged
+                    row[f"{side}_seeds"] = est.n
+                    row[f"{side}_reached_fraction"] = est.reached_fraction
+                row["note"] = "; ".join(filter(None, notes))
+                rows.append(row)
     return pd.DataFrame(rows, columns=[*panel, *RATIO_COLUMNS])
-
-
-def _median(x: np.ndarray) -> float:
-    return float(np.median(x)) if len(x) else math.nan
-
-
-def _ratio_note(f: np.ndarray, b: np.ndarray, measure: str, frame: pd.DataFrame) -> str:
-    notes = []
-    for name, x in (("forward", f), ("backprop", b)):
-        if len(x) == 0:
-            notes.append(f"{name} not reached")
-        elif len(x) < 2:
-            notes.append(f"CI undefined: {name} has 1 reached seed")
-    if measure == "seconds_measured" and _max_int(frame["population_size"]) > 1:
-        notes.append("population>1: measured clock shared by seeds")
-    return "; ".join(notes)
 
 
 # -- curves ---------------------------------------------------------------------------------------
