@@ -59,7 +59,7 @@ def test_analyze_cli_writes_every_table_and_plot_of_a_real_sweep(experiment, cap
 
     pngs = sorted(out.glob("*.png"))
     kinds = Counter(p.name.split("-")[0] for p in pngs)
-    # logreg and rosenbrock x lr: test curves, train loss, time to threshold; lr sweeps; trajectories
+    # logreg and rosenbrock x lr: test curves, train loss, time to threshold; lr sweeps; paths
     assert kinds["test"] >= 2 and kinds["train"] >= 2 and kinds["incidence"] >= 2
     assert kinds["lr"] >= 1 and kinds["trajectories"] >= 1
     for png in pngs:

@@ -50,7 +50,9 @@ METHOD_NOTES = [
     f"95% CIs and bands are percentile bootstraps over seeds ({incidence.N_RESAMPLES} resamples, "
     f"rng seed {incidence.RANDOM_SEED}): seeds are resampled with replacement and the estimate "
     "recomputed; a resample whose curve never reaches 0.5 has no median, so a CI bound that "
-    "too many resamples never reach is 'undefined' (see note).",
+    "too many resamples never reach is 'undefined' (see note). In simulations with 40 seeds "
+    "and known answers these 95% intervals covered the truth 93-95% of the time "
+    "(tests/test_analysis_incidence.py).",
     "Seconds come in two labelled forms. MEASURED: seconds_to_threshold on the trial's own "
     "training clock; it is a per-seed time only when population_size is 1 (seeds trained "
     "together share one clock). MODELLED: iterations to threshold x the group's median seconds "
@@ -90,6 +92,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
                 values.append("undefined")
             elif missing and col in MEDIAN_COLUMNS:
                 values.append(stats.NOT_REACHED_BY_HALF)
+            elif missing and col == "ratio":
+                values.append("none: compare the reached fractions")
             else:
                 values.append(_fmt(x))
         out[col] = values
