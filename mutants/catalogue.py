@@ -37,6 +37,7 @@ CLOCK_TESTS = [
 EST = "fgray/estimators.py"
 OBJ = "fgray/objective.py"
 LOOP = "fgray/loop.py"
+INC = "fgray/analysis/incidence.py"
 
 MUTANTS: list[Mutant] = [
     # -- the six that an audit found surviving (issue 19) -----------------------------------------
@@ -182,5 +183,38 @@ MUTANTS: list[Mutant] = [
             "    checkpoint = tune.get_checkpoint()\n",
             "    checkpoint = None\n",
         ),
+    ),
+    # -- the analysis: time to threshold with divergence a competing risk (issue 17) ----------
+    mutant(
+        "analysis-divergence-censored",
+        "a diverged seed is censored (it might still reach) instead of never reaching",
+        ["tests/test_analysis_incidence.py"],
+        (INC, "        (es == Event.DIVERGED).astype(float),\n", "        np.zeros(es.shape),\n"),
+    ),
+    mutant(
+        "analysis-median-ci-90",
+        "median and ratio CIs are 90% intervals labelled 95%",
+        ["tests/test_analysis_incidence.py"],
+        (
+            INC,
+            "    alpha = (1.0 - confidence) / 2\n    low, high = np.quantile(x,",
+            "    alpha = (1.0 - 0.90) / 2\n    low, high = np.quantile(x,",
+        ),
+    ),
+    mutant(
+        "analysis-band-90",
+        "the band of P(reached by t) is a 90% band labelled 95%",
+        ["tests/test_analysis_incidence.py"],
+        (
+            INC,
+            "        alpha = (1.0 - confidence) / 2\n        low, high = np.quantile(boot,",
+            "        alpha = (1.0 - 0.90) / 2\n        low, high = np.quantile(boot,",
+        ),
+    ),
+    mutant(
+        "analysis-resample-half",
+        "each bootstrap resample draws half as many seeds as the group has (intervals too wide)",
+        ["tests/test_analysis_incidence.py"],
+        (INC, "rng.integers(0, n, size=(b, n))", "rng.integers(0, n, size=(b, max(1, n // 2)))"),
     ),
 ]
