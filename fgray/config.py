@@ -14,7 +14,7 @@ from typing import Any
 
 MODELS = ("logreg", "mlp", "cnn", "sphere", "rosenbrock", "beale")
 TEST_FUNCTIONS = ("sphere", "rosenbrock", "beale")
-METHODS = ("backprop", "forward", "forward-per-tensor", "activity")
+METHODS = ("backprop", "forward", "forward-per-tensor", "activity", "backprop-checkpoint")
 TANGENTS = ("normal", "rademacher", "standardized")
 OPTIMIZERS = ("sgd", "adam")
 DATASETS = ("penguins", "mnist", "mnist-t10k", "none")

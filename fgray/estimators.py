@@ -9,6 +9,9 @@ handles a population in one pass. Randomness comes only from `generators`, one p
 fixed order: a seed's tangents are the same whatever population it trains in.
 
 - backprop: reverse mode, the exact gradient.
+- backprop-checkpoint: the same gradient with activation checkpointing (torch.utils.checkpoint
+  per model block): the backward pass recomputes each block from its input instead of keeping its
+  activations, the memory-matched baseline for forward methods (one more forward pass per step).
 - forward: the forward gradient of Baydin et al. (2022): one jvp over ALL parameters along a random
   tangent v gives the directional derivative ∇f·v; the estimate (∇f·v) v is unbiased when v has
   independent zero-mean, unit-variance entries.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,7 +41,7 @@ from torch import Tensor
 from torch.nn.grad import conv2d_weight
 
 from fgray.config import TrainConfig
-from fgray.models import Params, per_seed, tap_layers
+from fgray.models import Params, checkpoint_blocks, per_seed, tap_layers
 
 # torch's forward-AD decompositions still call torch.jit.script on first use; the warning is
 # torch's to fix and says nothing about fgray.
@@ -106,14 +110,15 @@ def directional_derivative(
     return loss, jvp
 
 
-def backprop() -> Estimator:
-    """The exact gradient by reverse mode; draws nothing from the generators."""
+def backprop(checkpoint: bool = False) -> Estimator:
+    """The exact gradient by reverse mode; draws nothing from the generators. With `checkpoint`,
+    each model block is recomputed in the backward pass instead of storing its activations."""
 
     def estimate(
         loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]
     ) -> Estimate:
         leaves = {k: p.detach().requires_grad_() for k, p in params.items()}
-        with torch.enable_grad():
+        with torch.enable_grad(), checkpoint_blocks() if checkpoint else nullcontext():
             loss = loss_fn(leaves)
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return loss.detach(), dict(zip(leaves, grads, strict=False))
@@ -277,6 +282,7 @@ def _mean(grads: Params, k: int) -> Params:
 # A new estimator is one builder above and one line here; each line reads the options it uses.
 ESTIMATORS: dict[str, Callable[[TrainConfig], Estimator]] = {
     "backprop": lambda config: backprop(),
+    "backprop-checkpoint": lambda config: backprop(checkpoint=True),
     "forward": lambda config: forward(config.tangent, config.tangents),
     "forward-per-tensor": lambda config: forward_per_tensor(config.tangent, config.tangents),
     "activity": lambda config: activity(config.tangents),

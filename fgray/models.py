@@ -8,7 +8,10 @@ seeds trains in one pass without a Python loop over seeds. Weights are stored (i
 
 Every layer's pre-activation passes through `layer_output`, which returns it unchanged unless an
 estimator has set a tap with `tap_layers` (activity perturbation adds a forward-mode tangent there
-and records the layer's input): the models stay plain and know nothing about estimators.
+and records the layer's input): the models stay plain and know nothing about estimators. Likewise
+each block (a layer with its activation and pooling) runs through `block`, which calls it directly
+unless `checkpoint_blocks()` is active: then the block is recomputed in the backward pass instead of
+keeping its intermediate activations (torch.utils.checkpoint; the backprop-checkpoint method).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from fgray.config import TEST_FUNCTIONS
@@ -47,6 +51,46 @@ def tap_layers(tap: LayerTap) -> Iterator[None]:
         yield
     finally:
         _TAP.reset(token)
+
+
+_CHECKPOINT: ContextVar[bool] = ContextVar("fgray_checkpoint_blocks", default=False)
+
+
+@contextmanager
+def checkpoint_blocks() -> Iterator[None]:
+    """Within this block every model block keeps only its input for the backward pass and is
+    recomputed there: activation memory traded for one more forward pass."""
+    token = _CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _CHECKPOINT.reset(token)
+
+
+def block(fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+    """fn(*inputs), checkpointed when `checkpoint_blocks()` is active (and autograd records)."""
+    if _CHECKPOINT.get() and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(fn, *inputs, use_reentrant=False)
+    return fn(*inputs)
+
+
+def _dense_relu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    return torch.relu(dense(x, weight, bias))
+
+
+def _conv_relu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    return torch.relu(conv3x3(x, weight, bias))
+
+
+def _conv_relu_pool(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    x = torch.relu(conv3x3(x, weight, bias))
+    if x.dim() == 4:
+        return F.max_pool2d(x, 2).reshape(x.shape[0], -1)
+    # (S, N, ...) is a transposed view of the grouped convolution's (N, S, ...) output: pool in
+    # that layout, where flattening is a view, not a copy of the largest activation.
+    s, n = x.shape[:2]
+    pooled = F.max_pool2d(x.transpose(0, 1).reshape(n * s, *x.shape[-3:]), 2)
+    return pooled.reshape(n, s, -1).transpose(0, 1)
 
 
 def layer_output(kind: str, x: Tensor, weight: Tensor, bias: Tensor, z: Tensor) -> Tensor:
@@ -105,7 +149,7 @@ class LogReg(nn.Module):
         self.b = nn.Parameter(torch.zeros(classes))
 
     def forward(self, x: Tensor) -> Tensor:
-        return dense(x, self.W, self.b)
+        return block(dense, x, self.W, self.b)
 
     @staticmethod
     def init(shapes: dict[str, torch.Size], generator: torch.Generator) -> Params:
@@ -125,9 +169,8 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         layers = len(self.sizes) - 1
         for i in range(1, layers + 1):
-            x = dense(x, getattr(self, f"W{i}"), getattr(self, f"b{i}"))
-            if i < layers:
-                x = torch.relu(x)
+            layer = _dense_relu if i < layers else dense
+            x = block(layer, x, getattr(self, f"W{i}"), getattr(self, f"b{i}"))
         return x
 
     @staticmethod
@@ -150,12 +193,10 @@ class CNN(nn.Module):
         self.fc2_b = nn.Parameter(torch.zeros(10))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = torch.relu(conv3x3(x, self.conv1_w, self.conv1_b))
-        x = torch.relu(conv3x3(x, self.conv2_w, self.conv2_b))
-        lead = x.shape[:-3]  # (N,) or (S, N)
-        x = F.max_pool2d(x.reshape(-1, *x.shape[-3:]), 2).reshape(*lead, -1)
-        x = torch.relu(dense(x, self.fc1_w, self.fc1_b))
-        return dense(x, self.fc2_w, self.fc2_b)
+        x = block(_conv_relu, x, self.conv1_w, self.conv1_b)
+        x = block(_conv_relu_pool, x, self.conv2_w, self.conv2_b)
+        x = block(_dense_relu, x, self.fc1_w, self.fc1_b)
+        return block(dense, x, self.fc2_w, self.fc2_b)
 
     @staticmethod
     def init(shapes: dict[str, torch.Size], generator: torch.Generator) -> Params:
