@@ -277,6 +277,7 @@ def _fmt(value: float) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
+    from fgray import cost
     from fgray.loop import PopulationTrainer
     from fgray.runtime import keep_large_allocations
 
@@ -287,12 +288,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     keep_large_allocations()
     trainer = PopulationTrainer(config, args.seeds)
+    step_cost = trainer.step_cost()  # once, before training, on scratch copies (not timed)
     progress = Progress(not args.quiet)
     try:
         trainer.run(on_step=progress)
     finally:
         progress.close()
     print(summary_table(trainer.results_frame()))
+    print(
+        f"one step: peak {step_cost.peak_bytes_per_seed:,.0f} bytes per seed "
+        f"({step_cost.peak_bytes:,} for {step_cost.population}; {step_cost.memory_method}), "
+        f"{step_cost.flops_per_seed:,.0f} FLOPs per seed = "
+        f"{step_cost.forward_equivalents:.2f} forward passes ({cost.FLOP_METHOD})"
+    )
     if args.out:
         history = trainer.history_frame()
         history.to_parquet(args.out, index=False)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fgray import cost
 from fgray.config import ConfigError, TrainConfig
 from fgray.data import Dataset, check_finite, load_data
 from fgray.estimators import make_estimator
@@ -113,6 +114,25 @@ class PopulationTrainer:
         estimate = make_estimator(self.config.replace(tangents=1))
         _, grads = estimate(self.objective.on(), scratch, generators)
         masked_step(build_optimizer(self.config, scratch), scratch, grads, self.running)
+
+    def step_cost(self) -> cost.StepCost:
+        """Peak memory and FLOPs of one training step (estimate and optimizer update) of this
+        population, measured on scratch copies with fresh generators: the trial's parameters,
+        random streams and clock are untouched. Call once per trial (see fgray.cost)."""
+        b = self.config.batch_size
+        batch = None
+        if b is not None:
+            batch = torch.arange(b, device=self.device).expand(self.population, b)
+        loss = self.objective.on(batch)
+        params = cost.scratch_params(self.params)
+
+        def step() -> None:
+            generators = cost.scratch_generators(self.population, self.device)
+            _, grads = self.estimate(loss, params, generators)
+            everyone = np.ones(self.population, dtype=bool)
+            masked_step(build_optimizer(self.config, params), params, grads, everyone)
+
+        return cost.measure(step, lambda: loss(params), self.population, self.device)
 
     # -- running ----------------------------------------------------------------------------
     @property

@@ -1,0 +1,140 @@
+"""What one training step costs: peak memory and FLOPs, measured once per trial, not timed.
+
+Memory is the peak of the bytes the step allocates above what was live when it began (its
+activations, saved tensors, tangents, gradients and optimizer temporaries; not the parameters and
+data that exist anyway):
+- on CUDA from the caching allocator's statistics (`max_memory_allocated` after
+  `reset_peak_memory_stats`, minus `memory_allocated` before the step);
+- on CPU from the torch profiler's allocation events (`profile_memory=True`): every allocation and
+  free the CPU allocator reports, in time order, summed; the peak of that running sum. It counts
+  tensor storage only (no Python objects, no allocator slack), exactly what CUDA's statistic counts.
+
+FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode`, which counts matrix products and
+convolutions (2 per multiply-add) and no elementwise ops. Forward-mode AD's tangent products run as
+ordinary aten ops, so the counter sees them, and no analytic correction is needed. One finding: for
+a product whose input has no tangent (a layer's data input), torch's jvp of mm forms the zero
+tangent as an `_efficientzerotensor`, whose fallback materialises it (zeros, expanded) and runs a
+real matmul on it, so a dense layer on data costs 3 products under forward AD (primal, x·dW,
+0·W), not 2; the counter reports that work because it is done. tests/test_cost.py checks the
+counts against hand counts.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from fgray.models import Params
+
+CUDA_METHOD = "cuda allocator peak (max_memory_allocated above memory_allocated before the step)"
+CPU_METHOD = "torch profiler allocation events (running sum of CPU allocations and frees, peak)"
+FLOP_METHOD = "FlopCounterMode (matmuls and convolutions only)"
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Peak memory and compute of one training step of a population of `population` seeds."""
+
+    population: int
+    peak_bytes: int
+    flops: int  # matmul and convolution FLOPs of the step, whole population
+    forward_flops: int  # the same count for one plain forward pass of the loss
+    memory_method: str
+
+    @property
+    def peak_bytes_per_seed(self) -> float:
+        return self.peak_bytes / self.population
+
+    @property
+    def flops_per_seed(self) -> float:
+        return self.flops / self.population
+
+    @property
+    def forward_equivalents(self) -> float:
+        """Step FLOPs in forward passes (NaN where a forward pass has no counted FLOPs)."""
+        return self.flops / self.forward_flops if self.forward_flops else math.nan
+
+    def columns(self) -> dict[str, Any]:
+        """The values a results row records."""
+        return {
+            "step_peak_bytes": self.peak_bytes,
+            "step_peak_bytes_per_seed": self.peak_bytes_per_seed,
+            "step_flops_per_seed": self.flops_per_seed,
+            "step_forward_equivalents": self.forward_equivalents,
+            "step_memory_method": self.memory_method,
+        }
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Matmul and convolution FLOPs of running `fn()` (see the module docstring)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _cpu_allocations(prof: profile) -> list[tuple[int, int]]:
+    from torch._C._profiler import _EventType
+
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation and str(event.extra_fields.device) == "cpu":
+            events.append((event.start_time_ns, int(event.extra_fields.alloc_size)))
+    return sorted(events)
+
+
+def cpu_memory(fn: Callable[[], Any]) -> tuple[int, int]:
+    """(peak bytes, bytes still held with fn's result alive) that `fn()` allocated on the CPU
+    above what was live before it, from the profiler's allocation events."""
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    live = peak = 0
+    for _, size in _cpu_allocations(prof):
+        live += size
+        peak = max(peak, live)
+    del result
+    return peak, live
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> tuple[int, str]:
+    """(peak bytes `fn()` held above what was live before it, how it was measured)."""
+    if device.type != "cuda":
+        return cpu_memory(fn)[0], CPU_METHOD
+    gc.collect()
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - before), CUDA_METHOD
+
+
+def measure(
+    step: Callable[[], Any], forward: Callable[[], Any], population: int, device: torch.device
+) -> StepCost:
+    """The cost of `step()` (one training step) against `forward()` (one forward pass of the loss).
+
+    Each is run once for memory and once more under the FLOP counter: call on scratch copies.
+    """
+    peak, method = peak_memory(step, device)
+    with torch.no_grad():
+        forward_flops = count_flops(forward)
+    return StepCost(population, peak, count_flops(step), forward_flops, method)
+
+
+def scratch_generators(n: int, device: torch.device) -> Sequence[torch.Generator]:
+    """Fresh generators for a measurement, so the trial's own random streams are untouched."""
+    return [torch.Generator(device).manual_seed(0) for _ in range(n)]
+
+
+def scratch_params(params: Params) -> Params:
+    return {k: p.detach().clone() for k, p in params.items()}

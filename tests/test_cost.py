@@ -1,0 +1,98 @@
+"""Step cost: peak memory against hand counts, FLOPs against hand counts, and backprop-checkpoint
+gives backprop's gradient while keeping less memory between its forward and backward pass."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch.func import functional_call
+
+from fgray import cost
+from fgray.config import TrainConfig
+from fgray.estimators import backprop, forward, forward_per_tensor
+from fgray.loop import PopulationTrainer
+from fgray.models import MLP, checkpoint_blocks
+
+
+def _generators(s: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(i) for i in range(s)]
+
+
+def test_cpu_peak_memory_matches_a_hand_count() -> None:
+    # loss = exp(w).sum(1) for w (S, n) float32, then d loss / d w. Live at the peak, in bytes:
+    # exp's output, kept for its backward (4 S n); the scalar total and the ones_like seed of the
+    # backward (4 + 4); exp's backward grad * result (4 S n). The (S,) row sums (4 S) were a
+    # temporary already freed (sum's backward keeps only shapes); detach and requires_grad_ make no
+    # copy, the sums' backward expands (views).
+    s, n = 8, 100_000
+    w = torch.randn(s, n)
+
+    def step() -> None:
+        leaf = w.detach().requires_grad_()
+        torch.autograd.grad(leaf.exp().sum(1).sum(), [leaf])
+
+    peak, method = cost.peak_memory(step, torch.device("cpu"))
+    assert peak == 4 * s * n + 4 + 4 + 4 * s * n
+    assert method == cost.CPU_METHOD
+
+
+def test_flops_of_logistic_regression_match_hand_counts() -> None:
+    # One dense layer on data: f = 2 N in out per seed and forward pass. Backprop adds the weight
+    # gradient x^T g (f; no input gradient, data needs none): 2f. Forward gradient: primal, x dW
+    # and torch's materialised 0 W for the data's missing tangent (see fgray.cost): 3f.
+    # Per tensor: that pass for W (3f) and one for b, where no product has a tangent (f): 4f.
+    trainer = PopulationTrainer(TrainConfig(model="logreg", method="backprop"), [0, 1, 2])
+    n, s = trainer.objective.n_train, 3
+    f = 2 * n * 4 * 3 * s
+    loss, params = trainer.objective.on(), trainer.params
+    expected = {backprop(): 2 * f, forward(): 3 * f, forward_per_tensor(): 4 * f}
+    for estimator, flops in expected.items():
+        assert cost.count_flops(lambda e=estimator: e(loss, params, _generators(s))) == flops
+    assert cost.count_flops(lambda: loss(params)) == f
+    step = trainer.step_cost()
+    assert step.flops_per_seed == 2 * f / s and step.forward_equivalents == 2.0
+
+
+def test_flops_of_one_mlp_dense_layer_match_hand_counts() -> None:
+    # The MLP's first layer alone (4 -> 64, batched over S seeds): the same counts as above.
+    s, n = 3, 7
+    x = torch.randn(n, 4)
+    layer = MLP(sizes=(4, 64))
+    params = MLP.init({k: p.shape for k, p in layer.named_parameters()}, torch.Generator())
+    params = {k: torch.stack([v] * s) for k, v in params.items()}
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(layer, p, (x,)).square().mean((-1, -2))
+
+    f = 2 * n * 4 * 64 * s
+    assert cost.count_flops(lambda: loss(params)) == f
+    assert cost.count_flops(lambda: backprop()(loss, params, _generators(s))) == 2 * f
+    assert cost.count_flops(lambda: forward()(loss, params, _generators(s))) == 3 * f
+    assert cost.count_flops(lambda: forward_per_tensor()(loss, params, _generators(s))) == 4 * f
+
+
+def test_backprop_checkpoint_gives_backprop_gradient_with_less_memory_held_on_the_cnn() -> None:
+    config = TrainConfig(model="cnn", method="backprop-checkpoint", train_size=48, test_size=8)
+    trainer = PopulationTrainer(config, [0, 1])
+    loss, params = trainer.objective.on(), trainer.params
+    value, grads = trainer.estimate(loss, params, _generators(2))
+    ref_value, ref_grads = backprop()(loss, params, _generators(2))
+    # Recomputation repeats the same float32 kernels on the same inputs: equal up to rounding.
+    torch.testing.assert_close(value, ref_value)
+    for k in ref_grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-5, atol=1e-6)
+
+    def graph(checkpoint: bool) -> object:
+        """The forward pass with its autograd graph, which the caller keeps alive."""
+        leaves = {k: p.detach().requires_grad_() for k, p in params.items()}
+        with torch.enable_grad(), checkpoint_blocks() if checkpoint else nullcontext():
+            return loss(leaves)
+
+    # Between forward and backward plain backprop keeps every block's activations (the conv
+    # layers' outputs, pooling indices), checkpointing only each block's input: less than half.
+    _, held_plain = cost.cpu_memory(lambda: graph(False))
+    _, held_checkpoint = cost.cpu_memory(lambda: graph(True))
+    assert held_checkpoint < held_plain / 2
+    # The whole step's peak: see the report (on this CNN the peak is one block's own backward).
+    assert trainer.step_cost().peak_bytes > 0
