@@ -34,7 +34,7 @@ def seed_table(out: str) -> dict[int, list[str]]:
     """The summary's per-seed rows: seed -> [outcome, iters, seconds, train_loss, ...]."""
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["seed", "outcome"])
-    rows = [line.split() for line in lines[header + 1 :] if not line.startswith("history:")]
+    rows = [line.split() for line in lines[header + 1 :] if line.split()[0].isdigit()]
     return {int(r[0]): r[1:] for r in rows}
 
 
@@ -50,6 +50,8 @@ def test_fgray_run_trains_and_prints_the_summary(capsys):
     assert {seed: row[0] for seed, row in seed_table(out).items()} == dict.fromkeys(
         range(4), "reached"
     )
+    # logreg backprop: the weight gradient costs one more product of the forward's size
+    assert "FLOPs per seed = 2.00 forward passes" in out
 
 
 def test_fgray_run_out_writes_one_row_per_recorded_iteration_per_seed(capsys, tmp_path):
