@@ -100,8 +100,9 @@ def run_load(
     import ray
 
     from fgray import results
+    from fgray.experiment import Manifest
     from fgray.spec import load_spec
-    from fgray.sweep import Manifest, launch
+    from fgray.sweep import launch
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

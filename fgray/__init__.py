@@ -1,6 +1,13 @@
 """fgray: forward-gradient experiments on Ray.
 
-data -> models -> estimators -> optim -> loop -> trainable -> sweep -> results -> analysis
+The stages, each using only those before it:
+
+    data -> models -> estimators -> optim -> loop -> trainable -> sweep -> analysis
+                                              (status reads what they leave behind)
+
+and the ground floor every stage may use: config (one trial's settings) and spec (a sweep's
+planned trials), experiment (where an experiment lives: its directory, manifest, driver lock
+and Tune's files) and results (the Parquet store: its schemas, rows, reading and writing).
 """
 
 from importlib.metadata import PackageNotFoundError, version

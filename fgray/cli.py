@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fgray.config import ConfigError, TrainConfig
+from fgray.config import parse_seeds as config_seeds
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -26,28 +27,11 @@ class UsageError(Exception):
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0-31', '3', '0-3,8,10-11' -> a list of distinct non-negative ints, in order."""
-    seeds: list[int] = []
+    """'0-31', '3', '0-3,8,10-11' -> distinct seeds in order (the grammar of a spec's seeds)."""
     try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                a, b = int(lo), int(hi)
-                if b < a:
-                    raise ValueError
-                seeds.extend(range(a, b + 1))
-            else:
-                seeds.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a seed list; use e.g. 0-31 or 0,4,7 or 0-3,10-12"
-        ) from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"{text!r}: seeds must be distinct and >= 0")
-    if len(seeds) > 1_000_000:
-        raise argparse.ArgumentTypeError(f"{text!r}: more than 1,000,000 seeds")
-    return seeds
+        return list(config_seeds(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -313,10 +297,7 @@ def _report_sweep(outcome: Any) -> int:
     uri = outcome.experiment_uri
     print(f"experiment: {uri}")
     print(f"trials complete: {outcome.complete}/{outcome.plans}")
-    print(
-        f"results: {uri}/results/trials and {uri}/results/history "
-        "(fgray.results.load or pandas.read_parquet)"
-    )
+    print(f"results: {outcome.results_uris} (fgray.results.load or pandas.read_parquet)")
     for name, error in outcome.errored.items():
         print(f"  trial {name} failed: {error}")
     for part, why in outcome.corrupt.items():

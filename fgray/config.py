@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,3 +199,42 @@ def _positive(key: str, value: float) -> None:
 def _at_least(key: str, value: int, low: int) -> None:
     if value < low:
         raise ConfigError(key, f"must be >= {low}, got {value}")
+
+
+# -- seeds -------------------------------------------------------------------------------------
+MAX_SEEDS = 1_000_000  # seeds in one run or sweep
+MAX_SEED = 2**63 - 1  # seeds are stored in int64 Parquet columns
+
+_SEED_PART = re.compile(r"\s*(\d{1,30})\s*(?:-\s*(\d{1,30})\s*)?", re.ASCII)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """The one seed grammar of `--seeds` and a spec's `seeds: "..."`: '0-31', '7', '0-3,8,10-11'
+    (ranges inclusive) -> distinct seeds in the order written. Raises ValueError saying what is
+    wrong; a range is sized before it is expanded, so '0-99999999999' fails at once."""
+    parts = text.split(",")
+    total = 0
+    spans = []
+    for part in parts:
+        match = _SEED_PART.fullmatch(part)
+        if not match:
+            raise ValueError(
+                f'{text!r} is not a seed list; write it like "0-31", "0,4,7" or "0-3,10-12"'
+            )
+        first = int(match[1])
+        last = first if match[2] is None else int(match[2])
+        if first > last:
+            raise ValueError(f"range {part.strip()!r} is empty: {first} > {last}")
+        if last > MAX_SEED:
+            raise ValueError(f"seeds must be at most {MAX_SEED}, got {last}")
+        total += last - first + 1
+        if total > MAX_SEEDS:
+            raise ValueError(f"{text!r} has more than {MAX_SEEDS} seeds")
+        spans.append((first, last))
+    seeds = tuple(seed for first, last in spans for seed in range(first, last + 1))
+    seen: set[int] = set()
+    for seed in seeds:
+        if seed in seen:
+            raise ValueError(f"{text!r}: seed {seed} appears twice; seeds must be distinct")
+        seen.add(seed)
+    return seeds

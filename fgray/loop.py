@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,9 +30,10 @@ from fgray.estimators import make_estimator
 from fgray.models import build_model, init_population
 from fgray.objective import Objective
 from fgray.optim import build_optimizer, masked_step
+from fgray.results import Outcome, SeedResult, seed_rows
 
 RUNNING, REACHED, CENSORED, DIVERGED = 0, 1, 2, 3
-OUTCOMES = {REACHED: "reached", CENSORED: "censored", DIVERGED: "diverged"}
+OUTCOMES = {REACHED: Outcome.REACHED, CENSORED: Outcome.CENSORED, DIVERGED: Outcome.DIVERGED}
 EVAL_KEYS = ("test_loss", "test_accuracy", "test_errors")
 STATE_VERSION = 1
 
@@ -41,20 +41,6 @@ STATE_VERSION = 1
 def training_seed(seed: int) -> int:
     """The seed of a seed's training generator, distinct from its initialisation stream."""
     return (seed + 0x9E3779B97F4A7C15) % (1 << 63)
-
-
-@dataclass(frozen=True)
-class SeedResult:
-    seed: int
-    outcome: str
-    iterations_to_threshold: int | None
-    seconds_to_threshold: float | None
-    iterations_run: int
-    train_seconds: float
-    final_train_loss: float
-    final_test_loss: float
-    final_test_accuracy: float
-    final_test_errors: int | None
 
 
 class PopulationTrainer:
@@ -256,7 +242,7 @@ class PopulationTrainer:
             out.append(
                 SeedResult(
                     seed=seed,
-                    outcome=OUTCOMES.get(status, "running"),
+                    outcome=str(OUTCOMES.get(status, "running")),
                     iterations_to_threshold=int(self.stop_iteration[i]) if reached else None,
                     seconds_to_threshold=float(self.stop_seconds[i]) if reached else None,
                     iterations_run=int(self.stop_iteration[i]) if status else self.iteration,
@@ -270,10 +256,8 @@ class PopulationTrainer:
         return out
 
     def results_frame(self) -> pd.DataFrame:
-        frame = pd.DataFrame([r.__dict__ for r in self.results()])
-        frame["population_size"] = self.population
-        frame["seconds_per_iteration"] = self.median_step_seconds()
-        return frame
+        """One row per seed (fgray.results builds it): what `fgray run` prints."""
+        return seed_rows(self.results(), self.median_step_seconds())
 
     def median_step_seconds(self) -> float:
         return float(np.median(self.step_seconds)) if self.step_seconds else math.nan

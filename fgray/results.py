@@ -1,6 +1,8 @@
-"""The Parquet results store: the only module that knows where results live and what they hold.
+"""The Parquet results store: the schemas of an experiment's rows, the code that builds every row
+(a finished trial's, a failed one's, a `fgray run`'s), and the only code that reads or writes them.
 
-Layout under an experiment directory (local path or any URI pyarrow.fs understands, e.g. s3://):
+Layout under an experiment directory (located by `fgray.experiment`; a local path or any URI
+pyarrow.fs understands, e.g. s3://):
 
     <experiment>/results/trials/<trial_name>.parquet    one row per seed
     <experiment>/results/history/<trial_name>.parquet   one row per recorded iteration per seed
@@ -8,29 +10,63 @@ Layout under an experiment directory (local path or any URI pyarrow.fs understan
 Each trial writes its two files once, when it finishes, to a temporary name that starts with "_"
 (which pyarrow and pandas skip) and then renames them: history first, trials last, so a trials file
 is the commit marker of a complete trial. A retried or resumed trial rewrites the same names, so no
-row is ever duplicated. `pandas.read_parquet(<experiment>/results/trials)` reads the whole sweep.
+row is ever duplicated; a part whose rows name another trial (a copy, say) counts as damaged.
+`pandas.read_parquet(<experiment>/results/trials)` reads the whole sweep.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from fgray.config import field_types
+from fgray.experiment import ExperimentError, Location, locate
+from fgray.spec import PlannedTrial
+
+# Results live in the experiment directory: their errors are the experiment's (the old name stays
+# for the code that catches it, analysis included).
+ResultsError = ExperimentError
 
 RESULTS_DIR = "results"
 TRIALS = "trials"
 HISTORY = "history"
 
 _ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+
+
+class Outcome(StrEnum):
+    """How a seed ended: the values of the trials table's `outcome` column."""
+
+    REACHED = "reached"  # its full training-set loss fell below the threshold
+    CENSORED = "censored"  # a cap (iterations or seconds) stopped it first
+    DIVERGED = "diverged"  # a non-finite loss or parameter stopped it
+    ERROR = "error"  # its trial failed; `error` says why
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One seed's result as the loop hands it over: the training columns of a trials row."""
+
+    seed: int
+    outcome: str  # an Outcome
+    iterations_to_threshold: int | None
+    seconds_to_threshold: float | None
+    iterations_run: int
+    train_seconds: float
+    final_train_loss: float
+    final_test_loss: float
+    final_test_accuracy: float
+    final_test_errors: int | None
 
 
 def _config_fields() -> list[pa.Field]:
@@ -49,8 +85,7 @@ TRIALS_SCHEMA = pa.schema(
         *_config_fields(),
         pa.field("seed", pa.int64()),
         pa.field("population_size", pa.int64()),
-        # reached | censored | diverged | error
-        pa.field("outcome", pa.string()),
+        pa.field("outcome", pa.string()),  # an Outcome
         pa.field("iterations_to_threshold", pa.int64()),  # null unless reached
         pa.field("seconds_to_threshold", pa.float64()),  # null unless reached
         pa.field("iterations_run", pa.int64()),  # update steps taken before the seed stopped
@@ -88,42 +123,63 @@ HISTORY_SCHEMA = pa.schema(
 )
 
 
-class ResultsError(RuntimeError):
-    """The path holds no readable fgray results; the message says which path and why."""
+# -- rows --------------------------------------------------------------------------------------
+def seed_rows(seeds: Sequence[SeedResult], seconds_per_iteration: float) -> pd.DataFrame:
+    """One row per seed of a population: what `fgray run` prints, and a trial's rows' start."""
+    frame = pd.DataFrame([dataclasses.asdict(r) for r in seeds])
+    frame["population_size"] = len(seeds)
+    frame["seconds_per_iteration"] = seconds_per_iteration
+    return frame
 
 
-@dataclass(frozen=True)
-class Location:
-    """A directory on some pyarrow filesystem."""
-
-    fs: pafs.FileSystem
-    path: str
-    uri: str
-
-    def join(self, *parts: str) -> Location:
-        path = "/".join([self.path.rstrip("/"), *parts])
-        return Location(self.fs, path, "/".join([self.uri.rstrip("/"), *parts]))
-
-    def exists(self) -> bool:
-        return _exists(self)
-
-
-def locate(uri: str) -> Location:
-    """Resolve a local path (relative allowed) or a filesystem URI."""
-    if "://" not in uri:
-        uri = os.path.abspath(os.path.expanduser(uri))
-    try:
-        fs, path = pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowException, ValueError) as exc:
-        raise ResultsError(
-            f"{uri} is not a path or a storage URI fgray can open ({exc}); use a local "
-            "directory or e.g. s3://bucket/prefix"
-        ) from None
-    return Location(fs, path, uri)
+def trial_rows(
+    plan: PlannedTrial,
+    seeds: Sequence[SeedResult],
+    seconds_per_iteration: float,
+    provenance: Mapping[str, str],
+    restored_from_iteration: int | None,
+) -> pd.DataFrame:
+    """A finished trial's trials rows: its seeds' results, config, identity and provenance."""
+    frame = seed_rows(seeds, seconds_per_iteration)
+    for key, value in provenance.items():
+        frame[key] = value
+    frame["restored_from_iteration"] = restored_from_iteration
+    return _identified(frame, plan)
 
 
-def _exists(loc: Location) -> bool:
-    return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+def error_rows(plan: PlannedTrial, message: str) -> pd.DataFrame:
+    """A failed trial's trials rows: every seed, outcome `error`, and why."""
+    frame = pd.DataFrame({"seed": list(plan.seeds)})
+    frame["outcome"], frame["error"] = Outcome.ERROR.value, message
+    frame["population_size"] = len(plan.seeds)
+    return _identified(frame, plan)
+
+
+def history_rows(plan: PlannedTrial, history: pd.DataFrame) -> pd.DataFrame:
+    """A trial's history rows: the loop's per-iteration frame, named for the trial."""
+    return history.assign(experiment=plan.experiment, trial_name=plan.name)
+
+
+def _identified(frame: pd.DataFrame, plan: PlannedTrial) -> pd.DataFrame:
+    for key, value in plan.config.to_dict().items():
+        frame[key] = value
+    frame["experiment"], frame["trial_name"], frame["group"] = (
+        plan.experiment,
+        plan.name,
+        plan.group,
+    )
+    return frame
+
+
+# -- the store ---------------------------------------------------------------------------------
+def trials_uri(experiment_uri: str) -> str:
+    """The trials dataset (one row per seed): what `pandas.read_parquet` reads whole."""
+    return locate(experiment_uri).join(RESULTS_DIR, TRIALS).uri
+
+
+def history_uri(experiment_uri: str) -> str:
+    """The history dataset (one row per recorded iteration per seed)."""
+    return locate(experiment_uri).join(RESULTS_DIR, HISTORY).uri
 
 
 def _table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -160,23 +216,26 @@ def write_trial(
     _write_atomic(root.join(TRIALS), file, _table(trials, TRIALS_SCHEMA))
 
 
+def write_error(plan: PlannedTrial, message: str) -> None:
+    """Record a trial that failed for good: its error rows, and no history."""
+    write_trial(plan.experiment_uri, plan.name, error_rows(plan, message), pd.DataFrame())
+
+
 @dataclass
 class Scan:
-    """What a results directory holds: complete trials and the parts that could not be read."""
+    """What a results directory holds: complete trials and the parts that could not be used."""
 
     complete: set[str]
     errored: set[str]  # complete trials whose rows record an error instead of training results
     corrupt: dict[str, str]  # part path -> reason
+    damaged: set[str] = dataclasses.field(default_factory=set)  # trials with a corrupt part
 
 
 def _parts(loc: Location) -> list[pafs.FileInfo]:
-    if not _exists(loc):
-        return []
-    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False))
     return sorted(
         (
             i
-            for i in infos
+            for i in loc.listing()
             if i.is_file
             and i.base_name.endswith(".parquet")
             and not i.base_name.startswith(("_", "."))
@@ -186,17 +245,36 @@ def _parts(loc: Location) -> list[pafs.FileInfo]:
 
 
 def _iter_parts(
-    loc: Location, schema: pa.Schema
+    loc: Location, schema: pa.Schema, seeds: Mapping[str, Sequence[int]] | None = None
 ) -> Iterator[tuple[str, pa.Table | None, str | None]]:
-    """Each part as (trial name, table, None), or (path, None, reason) when it cannot be read."""
+    """Each part as (trial name, table, None), or (path, None, reason) when it cannot be used:
+    unreadable, another schema, or rows that are not its trial's (`seeds`: trial -> its seeds)."""
     for info in _parts(loc):
+        name = _trial_of(info.base_name)
         try:
             table = pq.read_table(info.path, filesystem=loc.fs)
             if not table.schema.equals(schema, check_metadata=False):
                 raise ValueError("schema differs from this fgray version's")
-            yield info.base_name[: -len(".parquet")], table, None
+            _check_rows(name, table, schema is TRIALS_SCHEMA, (seeds or {}).get(name))
+            yield name, table, None
         except (pa.ArrowException, OSError, ValueError) as exc:
             yield info.path, None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+def _check_rows(name: str, table: pa.Table, per_seed: bool, seeds: Sequence[int] | None) -> None:
+    """A part holds its own trial's rows only: a copy of another trial's part would otherwise
+    count as this one's, with the other's seeds twice and this one's missing."""
+    others = set(pc.unique(table.column("trial_name")).drop_null().to_pylist()) - {name}
+    if others:
+        raise ValueError(f"holds rows of trial {sorted(others)[0]}, not of {name}")
+    got = table.column("seed").to_pylist()
+    if per_seed and len(set(got)) != len(got):
+        raise ValueError(f"a seed appears in more than one row of {name}")
+    if seeds is not None and not set(got) <= set(seeds):
+        extra = sorted(set(got) - set(seeds))[:5]
+        raise ValueError(f"holds seeds {extra} that {name} does not train")
+    if seeds is not None and per_seed and len(got) != len(seeds):
+        raise ValueError(f"holds {len(got)} of the {len(seeds)} seeds {name} trains")
 
 
 def _read_parts(loc: Location, schema: pa.Schema) -> tuple[dict[str, pa.Table], dict[str, str]]:
@@ -209,26 +287,33 @@ def _read_parts(loc: Location, schema: pa.Schema) -> tuple[dict[str, pa.Table], 
     return tables, corrupt
 
 
-def scan(experiment_uri: str) -> Scan:
-    """Which trials are complete (both parts readable), and which parts are damaged. Reads every
-    part in full (a damaged one fails to decode) but holds one at a time."""
+def scan(experiment_uri: str, seeds: Mapping[str, Sequence[int]] | None = None) -> Scan:
+    """Which trials are complete (both parts readable and theirs), and which parts are damaged.
+    `seeds` (trial name -> its seeds, from the manifest) also checks each part's seeds. Reads
+    every part in full (a damaged one fails to decode) but holds one at a time."""
     root = locate(experiment_uri).join(RESULTS_DIR)
     readable: dict[str, set[str]] = {TRIALS: set(), HISTORY: set()}
     errored, corrupt = set(), {}
+    damaged = set()
     for kind, schema in ((TRIALS, TRIALS_SCHEMA), (HISTORY, HISTORY_SCHEMA)):
-        for key, table, reason in _iter_parts(root.join(kind), schema):
+        for key, table, reason in _iter_parts(root.join(kind), schema, seeds):
             if table is None:
                 corrupt[key] = str(reason)
+                damaged.add(_trial_of(key))
                 continue
             readable[kind].add(key)
-            if kind == TRIALS and "error" in table.column("outcome").to_pylist():
+            if kind == TRIALS and Outcome.ERROR in table.column("outcome").to_pylist():
                 errored.add(key)
     complete = readable[TRIALS] & readable[HISTORY]
-    return Scan(complete=complete, errored=errored & complete, corrupt=corrupt)
+    return Scan(complete=complete, errored=errored & complete, corrupt=corrupt, damaged=damaged)
+
+
+def _trial_of(part: str) -> str:
+    return part.rsplit("/", 1)[-1][: -len(".parquet")]
 
 
 def is_experiment(uri: str) -> bool:
-    return _exists(locate(uri).join(RESULTS_DIR))
+    return locate(uri).join(RESULTS_DIR).exists()
 
 
 def load(path: str, *, strict: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -239,7 +324,7 @@ def load(path: str, *, strict: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]
     """
     loc = locate(path)
     root = loc.join(RESULTS_DIR)
-    if not _exists(root):
+    if not root.exists():
         raise ResultsError(
             f"{loc.uri} holds no fgray results (no '{RESULTS_DIR}/' directory); "
             "pass the experiment directory that `fgray sweep` printed"
@@ -269,5 +354,5 @@ def remove_trial(experiment_uri: str, trial_name: str) -> None:
     root = locate(experiment_uri).join(RESULTS_DIR)
     for kind in (TRIALS, HISTORY):
         part = root.join(kind, f"{trial_name}.parquet")
-        if _exists(part):
+        if part.exists():
             part.fs.delete_file(part.path)

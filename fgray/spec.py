@@ -7,7 +7,7 @@ A spec names the experiment, where it is stored, the trial settings and the seed
     base: {model: mlp, max_iters: 2000}        # TrainConfig options shared by every trial
     variants: [{method: backprop}, {method: forward, tangents: 4}]   # default [{}]
     grid: {lr: [0.01, 0.05, 0.1]}              # cartesian product, first key slowest
-    seeds: 1000                   # N (seeds 0..N-1), a list [3, 5, 8] or a range "0-999"
+    seeds: 1000                   # N (seeds 0..N-1), a list [3, 5, 8] or "0-999,2000" (as --seeds)
     seeds_per_trial: auto         # or an int: seeds trained together in one Ray trial
     resources: {cpu: 1, gpu: 0}   # per trial; fractions allowed
     max_concurrent: null          # Ray Tune's cap on running trials (null: no cap)
@@ -37,9 +37,17 @@ from typing import Any
 
 import yaml
 
-from fgray.config import MODELS, TEST_FUNCTIONS, ConfigError, TrainConfig, field_names, field_types
+from fgray.config import (
+    MAX_SEEDS,
+    MODELS,
+    TEST_FUNCTIONS,
+    ConfigError,
+    TrainConfig,
+    field_names,
+    field_types,
+    parse_seeds,
+)
 
-MAX_SEEDS = 1_000_000
 MAX_GROUPS = 100_000  # distinct trial configs (variants x grid points)
 MAX_TRIALS = 100_000  # Ray trials after splitting the seeds
 INT64_MAX = 2**63 - 1  # seeds and integer options are stored in int64 Parquet columns
@@ -73,7 +81,6 @@ REQUIRED = ("name", "storage", "seeds")
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.+)", re.DOTALL)
-_SEED_RANGE = re.compile(r"\s*(\d{1,30})\s*-\s*(\d{1,30})\s*", re.ASCII)
 _DOCUMENT = "(document)"
 _FILE = "(file)"
 
@@ -89,13 +96,31 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
-class TrialPlan:
-    """One Ray trial: a config and the seeds it trains together."""
+class PlannedTrial:
+    """One Ray trial as planned: a config, the seeds it trains together, and everything else the
+    trainable needs. The sweep's manifest stores these (`to_dict`), Tune runs them, the results
+    rows and `fgray status` name them; nothing downstream looks a setting up by a string key."""
 
     name: str  # "g003-s00032-00063": group index, first and last seed; unique in the sweep
     group: str  # "model=mlp lr=0.05": the options that vary across the sweep ("all" if none)
     config: TrainConfig
     seeds: tuple[int, ...]
+    experiment: str = ""  # the sweep's name
+    experiment_uri: str = ""  # where its results go
+    threads: int = 1  # torch threads: the trial's resources.cpu, at least 1
+    report_every: int = 50
+    checkpoint_every: int = 100
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values, as the manifest stores them."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**values, "config": self.config.to_dict(), "seeds": list(self.seeds)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PlannedTrial:
+        """Inverse of to_dict; KeyError, TypeError or ConfigError when `values` is not one."""
+        values = {**values, "config": TrainConfig.from_dict(values["config"])}
+        return cls(**{**values, "seeds": tuple(int(s) for s in values["seeds"])})
 
 
 @dataclass(frozen=True)
@@ -126,17 +151,29 @@ class SweepSpec:
         root = os.path.abspath(os.path.expanduser(self.storage))
         return os.path.join(root, self.name)
 
-    def trials(self) -> list[TrialPlan]:
+    def trials(self) -> list[PlannedTrial]:
         """Every trial of the sweep, in a stable order: variants, then grid points, then seeds."""
         groups = _groups(self)
         group_width = max(3, len(str(len(groups) - 1)))
         seed_width = max(5, len(str(max(self.seeds))))
+        uri = self.experiment_uri()
         plans = []
         for index, (config, label) in enumerate(groups):
             for chunk in _chunks(self.seeds, _per_trial(self.seeds_per_trial, config, self.seeds)):
                 first, last = (f"{seed:0{seed_width}d}" for seed in (chunk[0], chunk[-1]))
-                name = f"g{index:0{group_width}d}-s{first}-{last}"
-                plans.append(TrialPlan(name=name, group=label, config=config, seeds=chunk))
+                plans.append(
+                    PlannedTrial(
+                        name=f"g{index:0{group_width}d}-s{first}-{last}",
+                        group=label,
+                        config=config,
+                        seeds=chunk,
+                        experiment=self.name,
+                        experiment_uri=uri,
+                        threads=max(1, int(self.resources.get("cpu", 1))),
+                        report_every=self.report_every,
+                        checkpoint_every=self.checkpoint_every,
+                    )
+                )
         return plans
 
 
@@ -278,9 +315,16 @@ def parse_spec(document: object, source: str) -> SweepSpec:
     )
     groups = _groups(spec)  # builds and validates every trial config
     configs = [config for config, _ in groups]
-    if spec.resources["gpu"] == 0 and any(c.device == "cuda" for c in configs):
+    devices = {c.device for c in configs}
+    if spec.resources["gpu"] == 0 and "cuda" in devices:
         raise err(
             "resources.gpu", "is 0 but trials use device cuda; Ray hides GPUs from such trials"
+        )
+    if spec.resources["gpu"] > 0 and "cpu" in devices:  # a GPU is never used behind your back
+        raise err(
+            "resources.gpu",
+            f"{spec.resources['gpu']:g} reserves a GPU for every trial, but trials use device "
+            "cpu; set device: cuda in base to train on it, or resources.gpu: 0",
         )
     n_trials = sum(math.ceil(len(seeds) / _per_trial(per_trial, c, seeds)) for c in configs)
     if n_trials > MAX_TRIALS:
@@ -380,30 +424,19 @@ _CHOICES = {
 
 
 def _seeds(err: Any, value: object) -> tuple[int, ...]:
-    """N (seeds 0..N-1), a list of distinct seeds, or "a-b" (inclusive); returned sorted."""
+    """N (seeds 0..N-1), a list of distinct seeds, or text in the `--seeds` grammar ("0-31",
+    "0-3,8"); returned sorted."""
     if isinstance(value, bool):
         raise err("seeds", f'must be a count, a list of seeds or a range like "0-31", got {value}')
     if isinstance(value, int):
         if not 1 <= value <= MAX_SEEDS:
             raise err("seeds", f"count must be between 1 and {MAX_SEEDS}, got {_show(value)}")
         return tuple(range(value))
-    if isinstance(value, str):
-        match = _SEED_RANGE.fullmatch(value)
-        if not match:
-            raise err(
-                "seeds",
-                f'a range must look like "0-31" (first-last, inclusive), got {_show(value)}',
-            )
-        first, last = int(match[1]), int(match[2])
-        if first > last:
-            raise err("seeds", f"range {value!r} is empty: {first} > {last}")
-        if last - first + 1 > MAX_SEEDS:
-            raise err(
-                "seeds", f"range {value!r} has {last - first + 1} seeds, more than {MAX_SEEDS}"
-            )
-        if last > INT64_MAX:
-            raise err("seeds", f"seeds must be at most {INT64_MAX}, got {last}")
-        return tuple(range(first, last + 1))
+    if isinstance(value, str):  # the grammar of `fgray run --seeds`
+        try:
+            return tuple(sorted(parse_seeds(value)))
+        except ValueError as exc:
+            raise err("seeds", str(exc)) from None
     if isinstance(value, list):
         if not value:
             raise err("seeds", "must not be an empty list")

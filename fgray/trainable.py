@@ -1,8 +1,9 @@
 """The Ray Tune function trainable: a thin adapter around the population loop.
 
-It restores from its last checkpoint when Tune retries or resumes it, runs the loop in chunks,
-reports to Tune every `report_every` iterations, checkpoints every `checkpoint_every`, and when all
-its seeds are done writes its rows through `fgray.results`. Nothing Ray-specific reaches the loop.
+It restores from its last checkpoint when Tune retries or resumes it (or, on `fgray resume`, from
+the checkpoint the driver names when Tune has none), runs the loop in chunks, reports to Tune every
+`report_every` iterations, checkpoints every `checkpoint_every`, and when all its seeds are done
+writes its rows through `fgray.results`. Nothing Ray-specific reaches the loop.
 """
 
 from __future__ import annotations
@@ -11,59 +12,96 @@ import os
 import platform
 import socket
 import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import ray
 import torch
 from ray import tune
 
 import fgray
 from fgray import results
-from fgray.config import TrainConfig
-from fgray.loop import PopulationTrainer
+from fgray.experiment import locate
+from fgray.loop import REACHED, PopulationTrainer
 from fgray.runtime import keep_large_allocations
+from fgray.spec import PlannedTrial
 
 STATE_FILE = "loop_state.pt"
+PLAN = "plan"  # the key of Tune's trial config that names the trial's PlannedTrial
+# What a trial reports to Tune; the sweep's scheduler reads these same names.
+ITERATION = "iteration"
+MEDIAN_TRAIN_LOSS = "median_train_loss"
 
 
-def run_trial(config: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
-    """Tune entry point: `config["plan"]` names one of `plans` (made by fgray.sweep)."""
-    plan = plans[config["plan"]]
+def run_trial(
+    config: dict[str, Any],
+    plans: Mapping[str, PlannedTrial],
+    resume_from: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """Tune entry point: `config[PLAN]` names one of `plans` (made by fgray.sweep);
+    `resume_from` maps a trial to checkpoint directories to continue from, newest first, for
+    when Tune has no checkpoint of its own to give it."""
+    plan = plans[config[PLAN]]
     keep_large_allocations()
-    torch.set_num_threads(max(1, int(plan.get("threads", 1))))
-    trainer = PopulationTrainer(TrainConfig.from_dict(plan["config"]), plan["seeds"])
-    checkpoint = tune.get_checkpoint()
-    restored_from = None
-    if checkpoint is not None:
-        try:
-            with checkpoint.as_directory() as directory:
-                trainer.restore(os.path.join(directory, STATE_FILE))
-            restored_from = trainer.iteration
-        except Exception as exc:  # a damaged checkpoint: training is deterministic, so start over
-            print(
-                f"fgray: checkpoint of trial {plan['name']} is unreadable ({exc}); "
-                "restarting the trial from iteration 0"
-            )
-            trainer = PopulationTrainer(TrainConfig.from_dict(plan["config"]), plan["seeds"])
-    report_every, checkpoint_every = plan["report_every"], plan["checkpoint_every"]
+    torch.set_num_threads(plan.threads)
+    trainer, restored_from = _start(plan, (resume_from or {}).get(plan.name, ()))
     while not trainer.done:
         stop = min(
-            _next_multiple(trainer.iteration, report_every),
-            _next_multiple(trainer.iteration, checkpoint_every),
+            _next_multiple(trainer.iteration, plan.report_every),
+            _next_multiple(trainer.iteration, plan.checkpoint_every),
         )
         trainer.run(until=stop)
         if trainer.done:
             break
-        if trainer.iteration % checkpoint_every == 0:
-            _report(trainer, save=True)
-        else:
-            _report(trainer, save=False)
-    trials = trials_rows(plan, trainer)
-    trials["restored_from_iteration"] = restored_from
-    results.write_trial(plan["experiment_uri"], plan["name"], trials, history_rows(plan, trainer))
+        _report(trainer, save=trainer.iteration % plan.checkpoint_every == 0)
+    trials = results.trial_rows(
+        plan,
+        trainer.results(),
+        trainer.median_step_seconds(),
+        provenance(trainer.config.device),
+        restored_from,
+    )
+    history = results.history_rows(plan, trainer.history_frame())
+    results.write_trial(plan.experiment_uri, plan.name, trials, history)
     _report(trainer, save=False)
+
+
+def _start(plan: PlannedTrial, candidates: Sequence[str]) -> tuple[PopulationTrainer, int | None]:
+    """A trainer at the newest readable checkpoint (Tune's, else the driver's candidates) and
+    the iteration it continues from, or a fresh one at iteration 0 and None. A checkpoint that
+    cannot be read (cut short, hostile) is skipped: training is deterministic, so starting
+    earlier gives the same results."""
+    trainer = PopulationTrainer(plan.config, plan.seeds)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        try:
+            with checkpoint.as_directory() as directory:
+                trainer.restore(os.path.join(directory, STATE_FILE))
+            return trainer, trainer.iteration
+        except Exception as exc:
+            print(
+                f"fgray: checkpoint of trial {plan.name} is unreadable ({exc}); "
+                "restarting the trial from iteration 0"
+            )
+            return PopulationTrainer(plan.config, plan.seeds), None
+    for uri in candidates:
+        try:
+            _restore_from_storage(trainer, uri)
+            return trainer, trainer.iteration
+        except Exception as exc:
+            print(f"fgray: checkpoint {uri} of trial {plan.name} is unreadable ({exc})")
+            trainer = PopulationTrainer(plan.config, plan.seeds)
+    return trainer, None
+
+
+def _restore_from_storage(trainer: PopulationTrainer, checkpoint_uri: str) -> None:
+    state = locate(checkpoint_uri).join(STATE_FILE)
+    with tempfile.TemporaryDirectory(prefix="fgray-ckpt-") as directory:
+        local = os.path.join(directory, STATE_FILE)
+        with state.fs.open_input_stream(state.path) as stream, open(local, "wb") as out:
+            out.write(stream.read())
+        trainer.restore(local)
 
 
 def _next_multiple(value: int, every: int) -> int:
@@ -73,10 +111,10 @@ def _next_multiple(value: int, every: int) -> int:
 def _metrics(trainer: PopulationTrainer) -> dict[str, Any]:
     loss = trainer.last_loss[np.isfinite(trainer.last_loss)]
     return {
-        "iteration": trainer.iteration,
+        ITERATION: trainer.iteration,
         "seeds_done": int((~trainer.running).sum()),
-        "seeds_reached": int((trainer.status == 1).sum()),
-        "median_train_loss": float(np.median(loss)) if loss.size else float("nan"),
+        "seeds_reached": int((trainer.status == REACHED).sum()),
+        MEDIAN_TRAIN_LOSS: float(np.median(loss)) if loss.size else float("nan"),
         "train_seconds": trainer.elapsed,
         "done": trainer.done,
     }
@@ -106,20 +144,3 @@ def provenance(device: str) -> dict[str, str]:
         "ray_version": ray.__version__,
         "fgray_version": fgray.__version__,
     }
-
-
-def trials_rows(plan: dict[str, Any], trainer: PopulationTrainer) -> pd.DataFrame:
-    frame = trainer.results_frame()
-    for key, value in {**plan["config"], **provenance(trainer.config.device)}.items():
-        frame[key] = value
-    frame["experiment"] = plan["experiment"]
-    frame["trial_name"] = plan["name"]
-    frame["group"] = plan["group"]
-    return frame
-
-
-def history_rows(plan: dict[str, Any], trainer: PopulationTrainer) -> pd.DataFrame:
-    frame = trainer.history_frame()
-    frame["experiment"] = plan["experiment"]
-    frame["trial_name"] = plan["name"]
-    return frame

@@ -7,6 +7,8 @@ result exactly once, or says precisely what is missing and how to get it.
 - trial processes killed mid-trial are retried from their checkpoints, or from iteration 0 when
   a checkpoint is truncated or hostile (refused, never run), with the same results;
 - a truncated Parquet part is named by status, analyze and resume, and resume re-runs its trial;
+  status predicts what resume does with a trial whose trials part was deleted (continue from its
+  checkpoint, or start over when it has none) or overwritten by another trial's (damaged);
   a leftover `_tmp-*` part is ignored; a deleted experiment gets a clear message; an experiment
   moved to another directory resumes where it is now;
 - one driver per experiment: a second `fgray sweep`/`resume` refuses and changes nothing, even
@@ -54,6 +56,7 @@ import psutil  # isort: skip  (Ray ships psutil and puts it on the path when imp
 from benchmarks.load import run_load
 from fgray import results, status, sweep
 from fgray.cli import main
+from fgray.experiment import LOCK, Manifest
 from fgray.spec import load_spec
 
 # Long enough per trial (about two seconds, ten checkpoints) to be interrupted anywhere; some
@@ -268,7 +271,7 @@ def test_a_sweep_killed_in_its_second_tune_run_resumes_that_run_to_identical_res
     )
     driver.kill()
     assert driver.process.returncode == -signal.SIGKILL, f"sweep ended first:\n{driver.text()}"
-    assert sweep.Manifest.load(str(experiment)).runs == ["chunked", "run-0002"]
+    assert Manifest.load(str(experiment)).runs == ["chunked", "run-0002"]
     before = status.experiment_status(str(experiment))
     second = {"g000-s00004-00005", "g000-s00006-00007"}
     third = {"g000-s00008-00009", "g000-s00010-00011"}
@@ -278,7 +281,7 @@ def test_a_sweep_killed_in_its_second_tune_run_resumes_that_run_to_identical_res
 
     assert main(["resume", str(experiment), *RESUME]) == 0
     trials = assert_same_results(experiment, reference)
-    assert sweep.Manifest.load(str(experiment)).runs == ["chunked", "run-0002", "run-0003"]
+    assert Manifest.load(str(experiment)).runs == ["chunked", "run-0002", "run-0003"]
     continued = trials[trials.restored_from_iteration.notna()]
     assert set(continued.trial_name) <= second
     assert len(continued) > 0 and (continued.restored_from_iteration > 0).all()
@@ -449,6 +452,37 @@ def test_a_truncated_result_part_is_named_and_its_trial_rerun(tmp_path, referenc
     assert {str(p): p.stat().st_mtime for p in source.rglob("*.parquet")} == before
 
 
+@pytest.mark.slow
+def test_status_predicts_what_resume_does_with_lost_and_foreign_result_parts(tmp_path, reference):
+    """On a copy of the finished reference: one trial's trials part deleted (its checkpoints
+    kept), one deleted with its checkpoints, and one overwritten by another trial's part. Status
+    says which continue from a checkpoint, which start over and which part is damaged; resume
+    does exactly that and ends with the uninterrupted run's rows, each seed once."""
+    experiment = tmp_path / "lost" / "reference"
+    _copy_reference(reference, experiment)
+    kept, lost, foreign, donor = [p.stem for p in result_parts(experiment)][:4]
+    trials_dir = experiment / "results" / "trials"
+    for name in (kept, lost):
+        (trials_dir / f"{name}.parquet").unlink()
+    shutil.rmtree(experiment / lost)  # the trial's Tune directory, checkpoints and all
+    shutil.copy(trials_dir / f"{donor}.parquet", trials_dir / f"{foreign}.parquet")
+    assert any((experiment / kept).glob("checkpoint_*"))
+
+    before = status.experiment_status(str(experiment))
+    assert before.state == "interrupted"
+    assert set(before.plans["in progress"]) == {kept, foreign}
+    assert before.plans["pending"] == [lost]
+    assert list(before.damaged) == [str(trials_dir / f"{foreign}.parquet")]
+    assert "continue 2 from their checkpoints" in before.resume_plan()
+    assert "re-run 1 damaged part(s) and start 1 pending" in before.resume_plan()
+
+    assert main(["resume", str(experiment), *RESUME]) == 0
+    trials = assert_same_results(experiment, reference).set_index("trial_name")
+    continued = set(trials.index[trials.restored_from_iteration.notna()])
+    assert continued == {kept, foreign}
+    assert status.experiment_status(str(experiment)).state == "finished"
+
+
 def test_a_deleted_experiment_gets_a_clear_message_not_a_traceback(tmp_path, reference, capsys):
     experiment = tmp_path / "storage" / "reference"
     _copy_reference(reference, experiment)
@@ -464,15 +498,15 @@ def test_a_deleted_experiment_gets_a_clear_message_not_a_traceback(tmp_path, ref
 # -- one driver per experiment ---------------------------------------------------------------------
 CONTENDER = """
 import sys, time
-from fgray import sweep
+from fgray import experiment
 uri, start = sys.argv[1], float(sys.argv[2])
 while time.time() < start:
     time.sleep(0.0005)
 try:
-    with sweep.experiment_lock(uri):
+    with experiment.experiment_lock(uri):
         print("took", flush=True)
         time.sleep(1.0)
-except sweep.SweepError as exc:
+except experiment.ExperimentError as exc:
     print(exc, flush=True)
 """
 
@@ -492,27 +526,27 @@ def test_drivers_starting_at_the_same_instant_get_the_lock_once(tmp_path):
         got = [c.communicate(timeout=120)[0].strip() for c in contenders]
         assert got.count("took") == 1, got
         assert all("in use by" in g for g in got if g != "took"), got
-        assert not (Path(uri) / sweep.LOCK).exists()
+        assert not (Path(uri) / LOCK).exists()
 
 
 # -- fgray status, while running, interrupted and finished -----------------------------------------
-def expected_seeds(experiment: Path, plans: list[dict]) -> dict[str, dict[str, int]]:
+def expected_seeds(experiment: Path, plans: list) -> dict[str, dict[str, int]]:
     """Seeds per group and state, straight from the files (rows, checkpoint directories)."""
     trials, _ = results.load(str(experiment), strict=False)
     outcome = dict(zip(trials.trial_name, trials.outcome, strict=True))
     checkpointed = {p.parent.name for p in experiment.glob("**/checkpoint_*")}
     counts: dict[str, dict[str, int]] = {}
     for plan in plans:
-        if outcome.get(plan["name"]) == "error":
+        if outcome.get(plan.name) == "error":
             state = "errored"
-        elif plan["name"] in outcome:
+        elif plan.name in outcome:
             state = "done"
-        elif plan["name"] in checkpointed:
+        elif plan.name in checkpointed:
             state = "in progress"
         else:
             state = "pending"
-        group = counts.setdefault(plan["group"], dict.fromkeys(status.STATES, 0))
-        group[state] += len(plan["seeds"])
+        group = counts.setdefault(plan.group, dict.fromkeys(status.STATES, 0))
+        group[state] += len(plan.seeds)
     return counts
 
 
@@ -538,8 +572,8 @@ def test_status_while_running_interrupted_and_finished_and_a_second_driver_refus
         tick=driver.refresh,
     )
     driver.freeze()
-    plans = sweep.Manifest.load(str(experiment)).plans
-    mlp, cnn = (p["group"] for p in (plans[0], plans[-1]))
+    plans = Manifest.load(str(experiment)).plans
+    mlp, cnn = (p.group for p in (plans[0], plans[-1]))
     try:
         # running: the numbers are those of the files; resume is refused for now
         running = status.experiment_status(str(experiment))
@@ -551,7 +585,7 @@ def test_status_while_running_interrupted_and_finished_and_a_second_driver_refus
         assert running.resume_plan().startswith(
             "resume: not now; a driver is running this experiment (if that driver is gone, "
         )
-        assert running.resume_plan().endswith(f"delete {experiment / sweep.LOCK} first)")
+        assert running.resume_plan().endswith(f"delete {experiment / LOCK} first)")
 
         # a second driver refuses, whichever way it is started, and changes nothing
         files = {str(p): p.stat().st_mtime_ns for p in experiment.rglob("*") if p.is_file()}

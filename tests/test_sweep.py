@@ -139,7 +139,10 @@ def test_bad_spec_exits_2_before_anything_is_written(tmp_path, capsys, bad):
 
 
 def test_gpu_request_on_a_cpu_cluster_is_refused_at_launch(tmp_path, local_ray, capsys):
-    path = write_spec(tmp_path, "gpu", **{**SMALL, "resources": {"cpu": 1, "gpu": 0.5}})
+    cuda = {**SMALL["base"], "device": "cuda"}  # a GPU is reserved only for trials that use it
+    path = write_spec(
+        tmp_path, "gpu", **{**SMALL, "base": cuda, "resources": {"cpu": 1, "gpu": 0.5}}
+    )
     assert main(["sweep", str(path)]) == 2
     assert "GPU" in capsys.readouterr().err
 
