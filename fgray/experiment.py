@@ -190,6 +190,8 @@ class Manifest:
 
     @classmethod
     def load(cls, experiment_uri: str) -> Manifest:
+        """The manifest of the experiment at `experiment_uri`, pointing there even if the
+        experiment was moved or copied since it was saved (save() then records the new place)."""
         loc = locate(experiment_uri).join(MANIFEST)
         try:
             with loc.fs.open_input_stream(loc.path) as stream:
@@ -198,6 +200,9 @@ class Manifest:
                 data["runs"] = [data.get("name")]
             manifest = cls(**data)
             manifest.plans = [PlannedTrial.from_dict(plan) for plan in manifest.plans]
+            here = locate(experiment_uri).uri
+            if manifest.experiment_uri != here:
+                manifest.rebase(here)
             return manifest
         except (FileNotFoundError, NotADirectoryError):
             if not locate(experiment_uri).exists():

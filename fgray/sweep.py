@@ -256,9 +256,7 @@ def resume(
     uri = experiment.locate(experiment_uri).uri
     manifest = Manifest.load(uri)
     with experiment.experiment_lock(uri):
-        if manifest.experiment_uri != uri:  # moved or copied since launch: results go here now
-            manifest.rebase(uri)
-            manifest.save()
+        manifest.save()  # where the experiment is now, if it was moved or copied since launch
         connect(address, num_cpus, verbose)
         check_resources(manifest)
         errors: dict[str, str] = {}
