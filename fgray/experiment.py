@@ -280,8 +280,8 @@ def holder_alive(holder: dict[str, Any]) -> bool:
     if holder.get("host") != socket.gethostname():
         return bool(holder)
     pid = holder.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid == os.getpid():
-        return False
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+        return False  # kill(0 or -1, ...) would ask about whole process groups
     if holder.get("boot_id") and _boot_id() and holder["boot_id"] != _boot_id():
         return False  # the machine rebooted since: every process of the lock's time is gone
     try:
