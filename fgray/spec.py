@@ -113,8 +113,7 @@ class PlannedTrial:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, as the manifest stores them."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {**values, "config": self.config.to_dict(), "seeds": list(self.seeds)}
+        return {**dataclasses.asdict(self), "seeds": list(self.seeds)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PlannedTrial:
