@@ -20,6 +20,7 @@ from sweeptools import write_spec
 
 from fgray import results, sweep
 from fgray.cli import main
+from fgray.experiment import Manifest
 from fgray.spec import load_spec
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -105,12 +106,12 @@ def test_analyze_of_a_half_finished_experiment_says_how_many_seeds_are_missing(
 ):
     uri, _ = experiment
     half = _copy(uri, tmp_path / "half")
-    plans = sweep.Manifest.load(half).plans
-    gone = [p for p in plans if p["config"]["model"] == "logreg"][:2]  # as if still running
+    plans = Manifest.load(half).plans
+    gone = [p for p in plans if p.config.model == "logreg"][:2]  # as if still running
     for plan in gone:
-        results.remove_trial(half, plan["name"])
-    missing = sum(len(p["seeds"]) for p in gone)
-    planned = sum(len(p["seeds"]) for p in plans)
+        results.remove_trial(half, plan.name)
+    missing = sum(len(p.seeds) for p in gone)
+    planned = sum(len(p.seeds) for p in plans)
     assert main(["analyze", half, "--out", str(tmp_path / "o"), "--by", "method"]) == 0
     printed = capsys.readouterr().out
     expected = f"INCOMPLETE: {missing} of {planned} planned seeds of 'real' have no results yet"
@@ -146,7 +147,7 @@ def test_unrelated_parquet_is_ignored_without_advising_resume(experiment, tmp_pa
     assert "ignored 1 file(s) under results/ that are not trials of experiment 'real'" in printed
     assert "my-notes.parquet" in printed and "fgray resume" not in printed
     # a damaged part of a planned trial is another matter: resume re-runs that trial
-    name = sweep.Manifest.load(exp).plans[0]["name"]
+    name = Manifest.load(exp).plans[0].name
     (trials / f"{name}.parquet").write_bytes(b"cut off")
     assert main(["analyze", exp, "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err

@@ -1,7 +1,7 @@
 """analyze(): results in, tables + figures + report out.
 
 Reads results only through `fgray.results` (the Parquet store) and an experiment's plan only
-through its manifest (`fgray.sweep.Manifest`), so it works on any path or URI the store does,
+through its manifest (`fgray.experiment.Manifest`), so it works on any path or URI the store does,
 knows which planned seeds have no results yet, and never imports torch.
 """
 
@@ -58,15 +58,15 @@ class _Plan:
 
 def _plan(path: str) -> _Plan | None:
     """The experiment's plan from its manifest, or None where there is none (bare results)."""
-    from fgray.sweep import Manifest, SweepError
+    from fgray.experiment import ExperimentError, Manifest
 
     try:
         manifest = Manifest.load(results.locate(path).uri)
-    except (SweepError, ResultsError):
+    except ExperimentError:
         return None
     return _Plan(
         manifest.name,
-        {p["name"]: (list(p["seeds"]), dict(p["config"])) for p in manifest.plans},
+        {p.name: (list(p.seeds), p.config.to_dict()) for p in manifest.plans},
     )
 
 
