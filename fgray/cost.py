@@ -9,14 +9,23 @@ data that exist anyway):
   free the CPU allocator reports, in time order, summed; the peak of that running sum. It counts
   tensor storage only (no Python objects, no allocator slack), exactly what CUDA's statistic counts.
 
+Activation checkpointing (backprop-checkpoint) lowers what a step holds between its forward and
+backward pass, but not necessarily its peak: on the replication report's CNN the peak is the
+backward of its largest block (conv2 with its ReLU and pooling), which is recomputed in full, so
+both peaks agree to within a few kB; checkpointing pays off where several blocks are of similar
+size.
+
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode`, which counts matrix products and
 convolutions (2 per multiply-add) and no elementwise ops. Forward-mode AD's tangent products run as
 ordinary aten ops, so the counter sees them, and no analytic correction is needed. One finding: for
 a product whose input has no tangent (a layer's data input), torch's jvp of mm forms the zero
 tangent as an `_efficientzerotensor`, whose fallback materialises it (zeros, expanded) and runs a
 real matmul on it, so a dense layer on data costs 3 products under forward AD (primal, x·dW,
-0·W), not 2; the counter reports that work because it is done. tests/test_cost.py checks the
-counts against hand counts.
+0·W), not 2; the counter reports that work because it is done. One correction: torch's formula
+for convolution_backward ignores `groups` in the weight-gradient term (its source says it skips
+them), counting every input channel against every output channel: for the population's grouped
+convolutions (one group per seed) that is S times too many. `_conv_backward_flop` divides that
+term by the groups. tests/test_cost.py checks the counts against hand counts.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from fgray.models import Params
 
@@ -72,9 +81,41 @@ class StepCost:
         }
 
 
+def _conv_backward_flop(
+    grad_out_shape: Any,
+    x_shape: Any,
+    w_shape: Any,
+    _bias: Any,
+    _stride: Any,
+    _padding: Any,
+    _dilation: Any,
+    transposed: bool,
+    _output_padding: Any,
+    groups: int,
+    output_mask: Any,
+    out_shape: Any,
+    **kwargs: Any,
+) -> int:
+    """torch's convolution_backward count with the weight-gradient term divided by `groups`."""
+
+    def t(shape: Any) -> list[int]:
+        return [shape[1], shape[0], *shape[2:]]
+
+    flops = 0
+    if output_mask[0]:  # grad_input: a transposed convolution with the (per-group) weight
+        flops += conv_flop_count(
+            list(grad_out_shape), list(w_shape), list(out_shape[0]), not transposed
+        )
+    if output_mask[1]:  # grad_weight: inputs against output gradients, within each group only
+        inputs, grads = (grad_out_shape, x_shape) if transposed else (x_shape, grad_out_shape)
+        flops += conv_flop_count(t(inputs), t(grads), t(out_shape[1])) // groups
+    return flops
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """Matmul and convolution FLOPs of running `fn()` (see the module docstring)."""
-    with FlopCounterMode(display=False) as counter:
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return int(counter.get_total_flops())
 

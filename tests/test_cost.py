@@ -12,7 +12,7 @@ from fgray import cost
 from fgray.config import TrainConfig
 from fgray.estimators import backprop, forward, forward_per_tensor
 from fgray.loop import PopulationTrainer
-from fgray.models import MLP, checkpoint_blocks
+from fgray.models import MLP, checkpoint_blocks, conv3x3
 
 
 def _generators(s: int) -> list[torch.Generator]:
@@ -72,6 +72,29 @@ def test_flops_of_one_mlp_dense_layer_match_hand_counts() -> None:
     assert cost.count_flops(lambda: forward_per_tensor()(loss, params, _generators(s))) == 4 * f
 
 
+def test_flops_of_a_grouped_convolution_match_hand_counts_whatever_the_population() -> None:
+    # The CNN's second convolution (2 -> 4 channels, 3x3, 'same' on 28x28) on N inputs, one group
+    # per seed: f = 2 N 28 28 4 2 9 per seed. Backprop adds the weight gradient (f; the data
+    # input needs none): 2f per seed for S = 1 and S = 3 alike (torch's own formula counts the
+    # weight gradient S times over; see fgray.cost). Forward gradient: 3f, as for a dense layer.
+    n = 5
+    x = torch.randn(n, 2, 28, 28)
+    f = 2 * n * 28 * 28 * 4 * 2 * 9
+    for s in (1, 3):
+        params = {"w": torch.randn(s, 4, 2, 3, 3), "b": torch.randn(s, 4)}
+
+        def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return conv3x3(x, p["w"], p["b"]).square().mean((1, 2, 3, 4))
+
+        assert cost.count_flops(lambda p=params: loss(p)) == f * s
+        assert (
+            cost.count_flops(lambda p=params, s=s: backprop()(loss, p, _generators(s))) == 2 * f * s
+        )
+        assert (
+            cost.count_flops(lambda p=params, s=s: forward()(loss, p, _generators(s))) == 3 * f * s
+        )
+
+
 def test_backprop_checkpoint_gives_backprop_gradient_with_less_memory_held_on_the_cnn() -> None:
     config = TrainConfig(model="cnn", method="backprop-checkpoint", train_size=48, test_size=8)
     trainer = PopulationTrainer(config, [0, 1])
@@ -94,5 +117,6 @@ def test_backprop_checkpoint_gives_backprop_gradient_with_less_memory_held_on_th
     _, held_plain = cost.cpu_memory(lambda: graph(False))
     _, held_checkpoint = cost.cpu_memory(lambda: graph(True))
     assert held_checkpoint < held_plain / 2
-    # The whole step's peak: see the report (on this CNN the peak is one block's own backward).
-    assert trainer.step_cost().peak_bytes > 0
+    # Not asserted: a lower peak for the whole step. On this CNN the peak is the backward of its
+    # largest block (conv2: its output, the ReLU's, and their gradients), which checkpointing
+    # recomputes in full, so the two peaks are equal to within a few kB (see fgray.cost).
