@@ -135,9 +135,13 @@ def _cpu_allocations(prof: profile) -> list[tuple[int, int]]:
 def cpu_memory(fn: Callable[[], Any]) -> tuple[int, int]:
     """(peak bytes, bytes still held with fn's result alive) that `fn()` allocated on the CPU
     above what was live before it, from the profiler's allocation events."""
-    gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
+    # No garbage collection inside the window: freeing older objects there would hide bytes.
+    gc.disable()
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            result = fn()
+    finally:
+        gc.enable()
     live = peak = 0
     for _, size in _cpu_allocations(prof):
         live += size
@@ -150,7 +154,6 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> tuple[int, str]:
     """(peak bytes `fn()` held above what was live before it, how it was measured)."""
     if device.type != "cuda":
         return cpu_memory(fn)[0], CPU_METHOD
-    gc.collect()
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -95,6 +96,12 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("final_test_loss", pa.float64()),
         pa.field("final_test_accuracy", pa.float64()),
         pa.field("final_test_errors", pa.int64()),
+        # one training step of the trial's population, measured once (fgray.cost)
+        pa.field("step_peak_bytes", pa.int64()),  # peak memory above what was live before it
+        pa.field("step_peak_bytes_per_seed", pa.float64()),
+        pa.field("step_flops_per_seed", pa.float64()),  # matmul and convolution FLOPs
+        pa.field("step_forward_equivalents", pa.float64()),  # step FLOPs / one forward pass
+        pa.field("step_memory_method", pa.string()),  # how the peak was measured
         pa.field("error", pa.string()),
         pa.field("restored_from_iteration", pa.int64()),  # last checkpoint resumed from, if any
         pa.field("node_id", pa.string()),
@@ -138,10 +145,12 @@ def trial_rows(
     seconds_per_iteration: float,
     provenance: Mapping[str, str],
     restored_from_iteration: int | None,
+    step_cost: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """A finished trial's trials rows: its seeds' results, config, identity and provenance."""
+    """A finished trial's trials rows: its seeds' results, config, identity and provenance,
+    and the cost of one step (`fgray.cost.StepCost.columns()`) when it was measured."""
     frame = seed_rows(seeds, seconds_per_iteration)
-    for key, value in provenance.items():
+    for key, value in {**(step_cost or {}), **provenance}.items():
         frame[key] = value
     frame["restored_from_iteration"] = restored_from_iteration
     return _identified(frame, plan)

@@ -55,12 +55,15 @@ def run_trial(
         if trainer.done:
             break
         _report(trainer, save=trainer.iteration % plan.checkpoint_every == 0)
+    # Measured once, after training and off its clock, on scratch copies (fgray.cost).
+    step_cost = trainer.step_cost().columns()
     trials = results.trial_rows(
         plan,
         trainer.results(),
         trainer.median_step_seconds(),
         provenance(trainer.config.device),
         restored_from,
+        step_cost,
     )
     history = results.history_rows(plan, trainer.history_frame())
     results.write_trial(plan.experiment_uri, plan.name, trials, history)

@@ -23,6 +23,9 @@ CLOCK_COLUMNS = {
     "hostname",
     "restored_from_iteration",
     "device_name",
+    # the kernels' scratch memory is the machine's choice (oneDNN, cuDNN algorithms)
+    "step_peak_bytes",
+    "step_peak_bytes_per_seed",
 }
 
 FGRAY = [sys.executable, "-m", "fgray"]

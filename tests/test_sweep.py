@@ -23,7 +23,7 @@ from sweeptools import (
     write_spec,
 )
 
-from fgray import results, sweep
+from fgray import cost, results, sweep
 from fgray.cli import main
 from fgray.loop import PopulationTrainer
 from fgray.spec import load_spec
@@ -82,6 +82,12 @@ def test_small_sweep_writes_one_row_per_seed_and_matches_fgray_run(tmp_path, loc
     assert len(pd.read_parquet(Path(spec.experiment_uri()) / "results" / "trials")) == len(trials)
     for col in ("node_id", "hostname", "torch_version", "ray_version", "fgray_version"):
         assert trials[col].notna().all(), col
+    # every trial records one step's cost: FLOPs in forward passes as hand-counted in
+    # tests/test_cost.py (logreg: backprop 2, forward 3), memory by the CPU method
+    logreg = trials[trials.model == "logreg"].groupby("method").step_forward_equivalents
+    assert logreg.unique().to_dict() == {"backprop": [2.0], "forward": [3.0]}
+    assert (trials.step_peak_bytes > 0).all()
+    assert (trials.step_memory_method == cost.CPU_METHOD).all()
 
     # a seed's sweep results equal `fgray run` of the same config and seed, alone
     plan = next(
