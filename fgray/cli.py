@@ -185,6 +185,12 @@ def _add_ray_flags(parser: argparse.ArgumentParser) -> None:
         choices=(0, 1, 2),
         help="Tune's progress output: 0 quiet, 1 status table, 2 every result",
     )
+    parser.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="a local storage path is a mount every node of the cluster shares (e.g. NFS); "
+        "without it, fgray refuses a local path when trials would run on other machines",
+    )
 
 
 # -- fgray run ---------------------------------------------------------------------------------
@@ -310,12 +316,20 @@ def _report_sweep(outcome: Any) -> int:
 
 
 def _with_resume_hint(uri: str, action: Any) -> int:
-    """Run a sweep action; on Ctrl-C say exactly how to continue."""
+    """Run a sweep action; on Ctrl-C, or storage failing under it, say exactly how to continue."""
     try:
         return _report_sweep(action())
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue with `fgray resume {uri}`", file=sys.stderr)
         return 130
+    except OSError as exc:  # e.g. the object store went away mid-sweep
+        print(f"error: {exc}", file=sys.stderr)
+        print(
+            "results already written are kept; once the storage is reachable again, continue "
+            f"with `fgray resume {uri}`",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     finally:
         import ray
 
@@ -338,6 +352,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             num_cpus=args.num_cpus,
             verbose=args.verbose,
+            shared_storage=args.shared_storage,
         ),
     )
 
@@ -349,7 +364,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _with_resume_hint(
         uri,
         lambda: sweep.resume(
-            uri, address=args.address, num_cpus=args.num_cpus, verbose=args.verbose
+            uri,
+            address=args.address,
+            num_cpus=args.num_cpus,
+            verbose=args.verbose,
+            shared_storage=args.shared_storage,
         ),
     )
 

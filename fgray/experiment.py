@@ -73,6 +73,13 @@ def locate(uri: str) -> Location:
     """Resolve a local path (relative allowed) or a filesystem URI."""
     if "://" not in uri:
         uri = os.path.abspath(os.path.expanduser(uri))
+    if _carries_credentials(uri):
+        raise ExperimentError(
+            f"{redacted(uri)} has credentials in it, which would be written into the "
+            "experiment's manifest and printed; remove them and give every node its "
+            "credentials the standard way (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an "
+            "instance profile)"
+        )
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
     except (pa.ArrowException, ValueError) as exc:
@@ -81,6 +88,25 @@ def locate(uri: str) -> Location:
             "directory or e.g. s3://bucket/prefix"
         ) from None
     return Location(fs, path, uri)
+
+
+def _carries_credentials(uri: str) -> bool:
+    """s3://KEY:SECRET@bucket/... or ?secret_key=...: pyarrow accepts both, but fgray writes
+    URIs into manifests and messages. (A secret may hold '/', so no URL parser decides this.)"""
+    rest = uri.partition("://")[2]
+    userinfo, at, _ = rest.partition("@")
+    query = rest.partition("?")[2].lower()
+    in_userinfo = bool(at) and ":" in userinfo and "/" not in userinfo.split(":", 1)[0]
+    return in_userinfo or "secret_key=" in query or "session_token=" in query
+
+
+def redacted(uri: str) -> str:
+    """The URI as it may be shown: any credentials in it masked."""
+    if not _carries_credentials(uri):
+        return uri
+    scheme, _, rest = uri.partition("://")
+    rest = rest.partition("?")[0]
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
 def check_writable(uri: str) -> None:

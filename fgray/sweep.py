@@ -44,6 +44,37 @@ def connect(address: str | None = None, num_cpus: int | None = None, verbose: in
         ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
 
 
+def check_storage_reaches_the_trials(storage: str, cpu: float, shared: bool = False) -> None:
+    """A local storage path is only safe where every trial runs on this machine: a trial on
+    another node would write its checkpoints and results to that node's own disk, where resume,
+    status and analyze never find them. Refuse it before anything starts, unless the user says
+    the path is a mount every node shares (NFS and the like)."""
+    import pyarrow.fs as pafs
+    import ray
+
+    loc = experiment.locate(storage)
+    if shared or not isinstance(loc.fs, pafs.LocalFileSystem):
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    me = ray.get_runtime_context().get_node_id()
+    here = {n["NodeManagerAddress"] for n in nodes if n["NodeID"] == me}
+    elsewhere = sorted({n["NodeManagerAddress"] for n in nodes} - here)
+    cpus_here = sum(n["Resources"].get("CPU", 0) for n in nodes if n["NodeManagerAddress"] in here)
+    if not elsewhere and cpus_here >= cpu:
+        return
+    where = (
+        f"trials would run on other machines ({', '.join(elsewhere)})"
+        if elsewhere
+        else "this machine has no CPUs for trials, so they would run on nodes yet to join"
+    )
+    raise SweepError(
+        f"storage {loc.uri} is a local path, but {where} that cannot see it; use object "
+        "storage (--storage s3://BUCKET/PREFIX, with credentials on every node: an instance "
+        "profile, or the AWS_* environment variables), or, if every node mounts this path "
+        "(e.g. NFS), pass --shared-storage"
+    )
+
+
 def check_resources(manifest: Manifest) -> None:
     """A GPU request on a GPU-less cluster would pend forever: refuse it up front."""
     import ray
@@ -63,6 +94,26 @@ def check_resources(manifest: Manifest) -> None:
 
 
 # -- Tune ------------------------------------------------------------------------------------------
+CREDENTIAL_VARIABLES = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SECURITY_TOKEN",
+    "AWS_SESSION_TOKEN",
+}
+
+
+def _keep_credentials_off_trials() -> None:
+    """Ray Tune copies the driver's AWS_* credentials into every trial's runtime env, which
+    Ray's runtime-env agent then logs in plain text on every node (and Ray keeps with the
+    actor). Every node reads its own credentials the standard way (an instance profile, or
+    AWS_* variables set where its `ray start` runs), so the driver's must not travel."""
+    from ray.tune.execution import class_cache
+
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, (set, frozenset)):
+        class_cache.ENV_VARS_TO_PROPAGATE = set(propagated) - CREDENTIAL_VARIABLES
+
+
 def _trainable(
     manifest: Manifest,
     plans: Sequence[PlannedTrial],
@@ -74,6 +125,7 @@ def _trainable(
 
     from fgray.trainable import run_trial
 
+    _keep_credentials_off_trials()
     return tune.with_resources(
         tune.with_parameters(
             run_trial, plans={p.name: p for p in plans}, resume_from=dict(resume_from or {})
@@ -224,6 +276,7 @@ def launch(
     overwrite: bool = False,
     num_cpus: int | None = None,
     verbose: int = 1,
+    shared_storage: bool = False,
 ) -> SweepOutcome:
     """Start a new sweep from a validated spec and run it to the end."""
     manifest = Manifest.from_spec(spec)
@@ -236,10 +289,13 @@ def launch(
             "--overwrite`"
         )
     with experiment.experiment_lock(uri):
-        if overwrite:
-            experiment.clear(uri)
         connect(address, num_cpus, verbose)
         check_resources(manifest)
+        check_storage_reaches_the_trials(
+            manifest.storage, manifest.resources.get("cpu", 1), shared_storage
+        )
+        if overwrite:
+            experiment.clear(uri)
         manifest.save()
         errors, _ = _run_in_chunks(manifest, manifest.plans, verbose)
         return _finish(manifest, errors)
@@ -251,6 +307,7 @@ def resume(
     address: str | None = None,
     num_cpus: int | None = None,
     verbose: int = 1,
+    shared_storage: bool = False,
 ) -> SweepOutcome:
     """Continue an interrupted sweep, then re-run plans whose results are missing or damaged."""
     uri = experiment.locate(experiment_uri).uri
@@ -259,6 +316,9 @@ def resume(
         manifest.save()  # where the experiment is now, if it was moved or copied since launch
         connect(address, num_cpus, verbose)
         check_resources(manifest)
+        check_storage_reaches_the_trials(
+            manifest.storage, manifest.resources.get("cpu", 1), shared_storage
+        )
         errors: dict[str, str] = {}
         ended = True
         tuner = _restored_tuner(manifest)

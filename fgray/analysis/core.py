@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from fgray import results
+from fgray import experiment, results
 from fgray.analysis import plots as plotting
 from fgray.analysis import report, stats
 from fgray.analysis.errors import AnalysisError
@@ -141,6 +141,12 @@ def load_experiments(paths: Sequence[str]) -> Loaded:
         raise AnalysisError(
             "no results path given; pass the experiment directory that `fgray sweep` printed"
         )
+    for path in paths:  # the messages below name their path: one with credentials never is
+        if experiment.redacted(path) != path:
+            try:
+                experiment.locate(path)
+            except ResultsError as exc:
+                raise AnalysisError(str(exc)) from None
     trials, history, missing, notes = [], [], [], []
     seen: dict[str, str] = {}
     planned: int | None = None
