@@ -15,11 +15,25 @@ from typing import Any
 
 MODELS = ("logreg", "mlp", "cnn", "sphere", "rosenbrock", "beale")
 TEST_FUNCTIONS = ("sphere", "rosenbrock", "beale")
-METHODS = ("backprop", "forward", "forward-per-tensor", "activity", "backprop-checkpoint")
-TANGENTS = ("normal", "rademacher", "standardized")
+METHODS = ("backprop", "forward", "forward-per-tensor", "activity", "backprop-checkpoint", "spsa")
+TANGENTS = ("normal", "rademacher", "standardized", "orthogonal")
+CONTROL_VARIATES = ("none", "ema")
 OPTIMIZERS = ("sgd", "adam")
 DATASETS = ("penguins", "mnist", "mnist-t10k", "none")
 DEVICES = ("cpu", "cuda")
+
+# Parameters per seed of each model (n, the dimension the estimators work in); a test checks these
+# against fgray.models, which config cannot import. Orthogonal tangents need K <= n.
+PARAMETER_COUNTS = {
+    "logreg": 15,
+    "mlp": 867,
+    "cnn": 50_986,
+    **{name: 2 for name in TEST_FUNCTIONS},
+}
+FORWARD_METHODS = ("forward", "forward-per-tensor")
+SPSA_TANGENTS = ("normal", "rademacher")
+DEFAULT_EPSILON = 1e-3
+DEFAULT_CV_DECAY = 0.9
 
 # The data set each model trains on when `data` is left at "auto".
 DEFAULT_DATA = {"logreg": "penguins", "mlp": "penguins", "cnn": "mnist-t10k"}
@@ -45,6 +59,21 @@ class TrainConfig:
     method: str = _opt("forward", "gradient estimator", METHODS)
     tangent: str = _opt("normal", "tangent distribution of the forward gradient", TANGENTS)
     tangents: int = _opt(1, "forward gradients averaged per step (K)")
+    control_variate: str = _opt(
+        "none",
+        "forward methods: ema subtracts an exponential moving average s of the seed's past "
+        "estimates, ((∇f - s)·v) v + s",
+        CONTROL_VARIATES,
+    )
+    cv_decay: float = _opt(DEFAULT_CV_DECAY, "control variate: decay β of the EMA, in [0, 1)")
+    epsilon: float = _opt(
+        DEFAULT_EPSILON, "spsa: perturbation size ε of the central difference at θ ± εz"
+    )
+    diagnose_every: int = _opt(
+        0,
+        "every this many iterations compare the estimate with the exact gradient of the same "
+        "batch (not timed; 0: off)",
+    )
     optimizer: str = _opt("sgd", "torch optimizer fed with the estimated gradient", OPTIMIZERS)
     lr: float = _opt(0.01, "learning rate")
     momentum: float = _opt(0.0, "SGD momentum")
@@ -111,6 +140,7 @@ class TrainConfig:
                     "applies to mini-batch runs (set batch_size); full batch checks every "
                     "iteration",
                 )
+        self._validate_estimator()
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError("momentum", f"{self.momentum} must be in [0, 1)")
         if not 0.0 < self.test_fraction < 1.0:
@@ -139,6 +169,54 @@ class TrainConfig:
                     "tangent",
                     f"activity perturbation draws N(0, 1) noise, not {self.tangent}; leave "
                     "tangent at normal",
+                )
+
+    def _validate_estimator(self) -> None:
+        """The estimator options that apply to `method`, and nothing set that it would ignore."""
+        _at_least("diagnose_every", self.diagnose_every, 0)
+        _positive("epsilon", self.epsilon)
+        if not 0.0 <= self.cv_decay < 1.0:
+            raise ConfigError("cv_decay", f"{self.cv_decay} must be in [0, 1)")
+        method = self.method
+        if self.epsilon != DEFAULT_EPSILON and method != "spsa":
+            raise ConfigError("epsilon", f"applies to method spsa only, not {method}")
+        if self.control_variate == "none" and self.cv_decay != DEFAULT_CV_DECAY:
+            raise ConfigError("cv_decay", "applies with control_variate ema only")
+        if self.control_variate != "none":
+            if method not in FORWARD_METHODS:
+                raise ConfigError(
+                    "control_variate",
+                    f"applies to the forward methods ({', '.join(FORWARD_METHODS)}), not {method}",
+                )
+            if self.tangent == "standardized":
+                raise ConfigError(
+                    "control_variate",
+                    "needs unbiased tangents (normal, rademacher or orthogonal), not standardized",
+                )
+        if method.startswith("backprop") and (self.tangent != "normal" or self.tangents != 1):
+            raise ConfigError(
+                "tangent" if self.tangent != "normal" else "tangents",
+                "backprop draws no tangents; leave tangent and tangents at their defaults",
+            )
+        if method == "spsa" and self.tangent not in SPSA_TANGENTS:
+            raise ConfigError(
+                "tangent", f"spsa perturbs along normal or rademacher z, not {self.tangent}"
+            )
+        if self.tangent == "orthogonal":
+            n = PARAMETER_COUNTS[self.model]
+            if self.tangents > n:
+                raise ConfigError(
+                    "tangents",
+                    f"orthogonal tangents need K <= n: {self.model} has n = {n} parameters, "
+                    f"so at most {n} orthonormal directions, not {self.tangents}",
+                )
+        if self.diagnose_every and self.batch_size is not None:
+            every = self.check_every or 1
+            if self.diagnose_every % every:
+                raise ConfigError(
+                    "diagnose_every",
+                    f"must be a multiple of check_every ({every}): diagnostics are recorded "
+                    "with the checked iterations",
                 )
 
     @property

@@ -5,11 +5,13 @@ One iteration t, top to bottom:
   2. threshold check on the full training set, finiteness check    (timed)
   3. record history; seeds below the threshold are `reached`, non-finite ones `diverged`,
      and at the iteration or time cap the rest are `censored`
-  4. evaluate on the test set every `eval_every` iterations and when a seed stops (not timed)
-  5. optimizer step for the seeds still running                  (timed)
+  4. every `diagnose_every` iterations, the exact gradient of the same batch and parameters
+     against the estimate (not timed; draws no random numbers, so the run is unchanged)
+  5. evaluate on the test set every `eval_every` iterations and when a seed stops (not timed)
+  6. optimizer step for the seeds still running                  (timed)
 Each seed has its own generator (tangents, mini-batch order) and initialisation, so its history is
-the same whatever population it runs in, and the whole state can be saved between iterations and
-restored to continue bit-identically.
+the same whatever population it runs in, and the whole state (a stateful estimator's included) can
+be saved between iterations and restored to continue bit-identically.
 """
 
 from __future__ import annotations
@@ -26,8 +28,15 @@ import torch
 from fgray import cost
 from fgray.config import ConfigError, TrainConfig
 from fgray.data import Dataset, check_finite, load_data
-from fgray.estimators import make_estimator
-from fgray.models import build_model, init_population
+from fgray.estimators import (
+    DIAGNOSTICS,
+    backprop,
+    estimator_state,
+    gradient_quality,
+    load_estimator_state,
+    make_estimator,
+)
+from fgray.models import Params, build_model, init_population
 from fgray.objective import Objective
 from fgray.optim import build_optimizer, masked_step
 from fgray.results import Outcome, SeedResult, seed_rows
@@ -35,7 +44,7 @@ from fgray.results import Outcome, SeedResult, seed_rows
 RUNNING, REACHED, CENSORED, DIVERGED = 0, 1, 2, 3
 OUTCOMES = {REACHED: Outcome.REACHED, CENSORED: Outcome.CENSORED, DIVERGED: Outcome.DIVERGED}
 EVAL_KEYS = ("test_loss", "test_accuracy", "test_errors")
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the estimator's state (control variate)
 
 
 def training_seed(seed: int) -> int:
@@ -166,10 +175,12 @@ class PopulationTrainer:
         check = cfg.batch_size is None or capped or t % (cfg.check_every or 1) == 0
         start = time.perf_counter()
         if cfg.batch_size is None:
-            loss, grads = self.estimate(self.objective.on(), self.params, self.generators)
+            loss_fn = self.objective.on()
+            loss, grads = self.estimate(loss_fn, self.params, self.generators)
         else:
             batch = self._next_batch(t)
-            loss, grads = self.estimate(self.objective.on(batch), self.params, self.generators)
+            loss_fn = self.objective.on(batch)
+            loss, grads = self.estimate(loss_fn, self.params, self.generators)
             if check:
                 with torch.no_grad():
                     loss = self.objective.loss(self.params)  # threshold check: full training set
@@ -191,6 +202,8 @@ class PopulationTrainer:
         if check or diverged.any():
             self._record(t, now, running if check else diverged, loss_np)
             self.last_loss[running] = loss_np[running]
+        if check and cfg.diagnose_every and t % cfg.diagnose_every == 0:
+            self._diagnose(loss_fn, grads, running)
         self.status[reached], self.status[diverged], self.status[censored] = (
             REACHED,
             DIVERGED,
@@ -221,6 +234,16 @@ class PopulationTrainer:
         if self.objective.is_test_function:
             row["xy"] = self.params["xy"].detach().double().cpu().numpy().copy()
         self._history.append(row)
+
+    def _diagnose(
+        self, loss_fn: Callable[[Params], torch.Tensor], grads: Params, which: np.ndarray
+    ) -> None:
+        """Add the estimate's quality against the exact gradient of the same loss to this
+        iteration's row: reverse mode, so no generator is touched and the run stays the same."""
+        _, exact = backprop()(loss_fn, self.params, [])
+        row = self._history[-1]
+        for k, v in gradient_quality(grads, exact).items():
+            row[k] = np.where(which, v.cpu().numpy(), math.nan)
 
     def _evaluate(self, which: np.ndarray) -> None:
         metrics = {
@@ -264,7 +287,16 @@ class PopulationTrainer:
 
     def history_frame(self) -> pd.DataFrame:
         """One row per (seed, recorded iteration), ordered by seed then iteration."""
-        columns = ["seed", "iteration", "train_loss", "train_seconds", *EVAL_KEYS, "x", "y"]
+        columns = [
+            "seed",
+            "iteration",
+            "train_loss",
+            "train_seconds",
+            *EVAL_KEYS,
+            "x",
+            "y",
+            *DIAGNOSTICS,
+        ]
         if not self._history:
             return pd.DataFrame(columns=columns)
         recorded = np.stack([r["recorded"] for r in self._history])  # (T, S)
@@ -295,6 +327,8 @@ class PopulationTrainer:
             frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
         else:
             frame["x"] = frame["y"] = math.nan
+        for key in DIAGNOSTICS:
+            frame[key] = column(key)
         return frame.sort_values(["seed", "iteration"], kind="stable").reset_index(drop=True)
 
     # -- checkpointing ----------------------------------------------------------------------
@@ -317,6 +351,7 @@ class PopulationTrainer:
             "batch_order": None if self.batch_order is None else self.batch_order.cpu(),
             "step_seconds": torch.tensor(self.step_seconds, dtype=torch.float64),
             "history": [_tensors(r) for r in self._history],
+            "estimator": estimator_state(self.estimate),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -341,6 +376,7 @@ class PopulationTrainer:
         self.batch_order = None if order is None else order.to(self.device)
         self.step_seconds = state["step_seconds"].tolist()
         self._history = [_arrays(r) for r in state["history"]]
+        load_estimator_state(self.estimate, state["estimator"])
 
     def save(self, path: str) -> None:
         torch.save(self.state_dict(), path)

@@ -126,6 +126,10 @@ HISTORY_SCHEMA = pa.schema(
         pa.field("test_errors", pa.int64()),
         pa.field("x", pa.float64()),  # test functions: the 2-D position; null for networks
         pa.field("y", pa.float64()),
+        # --diagnose-every: the estimate against the exact gradient; null on other iterations
+        pa.field("grad_cosine", pa.float64()),
+        pa.field("grad_norm_ratio", pa.float64()),
+        pa.field("grad_relative_error", pa.float64()),
     ]
 )
 
