@@ -463,3 +463,68 @@ def test_defaults_are_todays_runs():
     assert defaults.epsilon == 1e-3
     # K = n orthogonal tangents are allowed: they recover the exact gradient.
     assert TrainConfig(model="logreg", tangent="orthogonal", tangents=15).tangents == 15
+
+
+# -- the analysis figure -------------------------------------------------------------------------
+def test_cosine_figure_draws_each_estimator_with_its_expected_value(tmp_path):
+    from fgray.analysis import plots
+
+    trials, history = [], []
+    for i, changes in enumerate(
+        [{"method": "forward"}, {"method": "forward", "tangent": "orthogonal", "tangents": 4}]
+    ):
+        config = TrainConfig(model="logreg", lr=0.2, max_iters=12, diagnose_every=3, **changes)
+        trainer = train(config, [0, 1, 2])
+        t = trainer.results_frame().assign(**config.to_dict(), experiment="x", trial_name=f"t{i}")
+        trials.append(t)
+        history.append(trainer.history_frame().assign(experiment="x", trial_name=f"t{i}"))
+    trials, history = pd.concat(trials), pd.concat(history)
+
+    figures = plots.gradient_cosine(
+        trials, history, ["model", "tangent", "tangents"], str(tmp_path), 0
+    )
+
+    assert len(figures) == 1 and plots.is_png(figures[0].path)
+    assert "gradient cosine" in figures[0].title
+    assert plots._theory_cosine(
+        {
+            "model": "logreg",
+            "method": "forward",
+            "tangent": "normal",
+            "tangents": 1,
+            "control_variate": "none",
+        }
+    ) == expected_cosine(15, 1, "normal")
+    assert (
+        plots._theory_cosine(
+            {"model": "logreg", "method": "forward-per-tensor", "tangent": "normal", "tangents": 1}
+        )
+        is None
+    )
+    assert (
+        plots._theory_cosine(
+            {
+                "model": "mlp",
+                "method": "forward",
+                "tangent": "normal",
+                "tangents": 1,
+                "control_variate": "ema",
+            }
+        )
+        is None
+    )
+    assert not plots.gradient_cosine(
+        trials, history.assign(grad_cosine=np.nan), ["model"], str(tmp_path), 1
+    )
+
+
+def test_cli_refuses_more_orthogonal_tangents_than_parameters(capsys):
+    from fgray.cli import main
+
+    try:
+        code = main(["run", "--model", "logreg", "--tangent", "orthogonal", "--tangents", "16"])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "tangents" in err and "K <= n" in err and "Traceback" not in err

@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from fgray.analysis import incidence, stats
-from fgray.config import TEST_FUNCTIONS
+from fgray.analysis.theory import expected_cosine
+from fgray.config import PARAMETER_COUNTS, TEST_FUNCTIONS
 from fgray.functions import FUNCTIONS
 
 METHOD_ORDER = ("backprop", "forward", "forward-per-tensor")
@@ -373,6 +374,66 @@ def trajectories(
     return _save(fig, out_dir, "trajectories", index, title, key)
 
 
+# The keys that make one estimator, and those a cosine series is split by besides them.
+ESTIMATOR_KEYS = ("method", "tangent", "tangents", "control_variate", "cv_decay", "epsilon")
+SERIES_KEYS = (*ESTIMATOR_KEYS, "lr", "optimizer", "momentum")
+
+
+def _theory_cosine(config: dict[str, Any]) -> float | None:
+    """E cos(ĝ, ∇f) for the estimators with a closed form (fgray.analysis.theory), else None."""
+    n = PARAMETER_COUNTS.get(str(config.get("model")))
+    method, tangent = config.get("method"), config.get("tangent")
+    if n is None or config.get("control_variate") not in (None, "none"):
+        return None
+    if method == "forward" or (method == "spsa" and tangent == "normal"):
+        return expected_cosine(n, int(config.get("tangents", 1)), str(tangent))
+    return None
+
+
+def gradient_cosine(
+    trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str], out_dir: str, index: int
+) -> list[Plot]:
+    """Median cos(ĝ, ∇f) (10-90% band) vs iteration per estimator, one figure per panel (model and
+    the other non-estimator keys), with the expected value drawn dashed where theory gives one."""
+    if (
+        "grad_cosine" not in history
+        or not np.isfinite(stats.as_floats(history["grad_cosine"])).any()
+    ):
+        return []
+    panel_by = [k for k in by if k not in SERIES_KEYS]
+    series_by = [k for k in by if k in SERIES_KEYS]
+    hist = history[np.isfinite(stats.as_floats(history["grad_cosine"]))]
+    plots = []
+    for key, panel in stats.groups(trials, panel_by):
+        fig = Figure(figsize=(8, 4.5), layout="constrained")
+        ax = fig.subplots()
+        drawn = 0
+        for i, (s_key, part) in enumerate(stats.groups(panel, series_by)):
+            h = hist.merge(part[stats.SEED_KEYS], on=stats.SEED_KEYS, how="inner")
+            b = stats.band(h, "iteration", "grad_cosine")
+            if b.empty:
+                continue
+            color = f"C{i % 10}"
+            name = " ".join(f"{k}={stats.plain_value(v)}" for k, v in s_key.items()) or "all"
+            _draw_band(ax, b, "iteration", color, name)
+            expected = _theory_cosine(part.iloc[0].to_dict())
+            if expected is not None:
+                ax.axhline(expected, color=color, linestyle="--", linewidth=1)
+            drawn += 1
+        if not drawn:
+            continue
+        ax.plot([], [], color="black", linestyle="--", linewidth=1, label="expected E cos")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("cos(estimate, exact gradient)")
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+        title = f"gradient cosine: {stats.label(key)}"
+        fig.suptitle(title)
+        plots.append(_save(fig, out_dir, "gradient-cosine", index + len(plots), title, key))
+    return plots
+
+
 # -- all of them ----------------------------------------------------------------------------------
 def make_all(
     trials: pd.DataFrame,
@@ -407,6 +468,12 @@ def make_all(
             incidence_curves(key, series, out_dir, index, conditional),
             f"time to threshold ({name}): no non-errored seeds",
         )
+
+    cosine = gradient_cosine(trials, history, by, out_dir, index)
+    for plot in cosine:
+        add(plot, "")
+    if not cosine:
+        skipped.append("gradient cosine: no diagnostics in history (run with --diagnose-every)")
 
     if "lr" in by and trials["lr"].nunique() > 1:
         sweep_by = [k for k in by if k not in ("method", "lr")]
