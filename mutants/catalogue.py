@@ -34,6 +34,7 @@ CLOCK_TESTS = [
     "tests/test_loop.py::test_training_seconds_only_grow_and_continue_across_save_and_restore",
     "tests/test_loop.py::test_a_slow_evaluation_adds_nothing_to_training_seconds",
 ]
+VARIANT_TESTS = "tests/test_estimator_variants.py"
 EST = "fgray/estimators.py"
 OBJ = "fgray/objective.py"
 LOOP = "fgray/loop.py"
@@ -216,5 +217,57 @@ MUTANTS: list[Mutant] = [
         "each bootstrap resample draws half as many seeds as the group has (intervals too wide)",
         ["tests/test_analysis_incidence.py"],
         (INC, "rng.integers(0, n, size=(b, n))", "rng.integers(0, n, size=(b, max(1, n // 2)))"),
+    ),
+    mutant(
+        "orthogonal-unscaled",
+        "orthogonal tangents are the orthonormal directions themselves, without the √n that makes "
+        "their average unbiased (the estimate is n times too small; its cosine is unchanged)",
+        [f"{VARIANT_TESTS}::test_mean_of_many_draws_is_the_gradient_and_its_variance_as_derived"],
+        (EST, "    q = (q * math.sqrt(n)).to(first.dtype)\n", "    q = q.to(first.dtype)\n"),
+    ),
+    mutant(
+        "control-variate-drops-s",
+        "the control variate subtracts s·v but does not add s back: biased by -s",
+        [f"{VARIANT_TESTS}::test_mean_of_many_draws_is_the_gradient_and_its_variance_as_derived"],
+        (
+            EST,
+            "        grads = {k: g + baseline[k] for k, g in grads.items()}\n",
+            "        grads = dict(grads)\n",
+        ),
+    ),
+    mutant(
+        "spsa-one-sided",
+        "SPSA takes the forward difference (L(θ+εz) - L(θ)) / ε: an O(ε) error, not O(ε²)",
+        [
+            f"{VARIANT_TESTS}::test_spsa_is_the_forward_gradient_of_the_same_z_up_to_its_eps_squared_term"
+        ],
+        (
+            EST,
+            "                slope = (plus - minus) / (2 * epsilon)\n",
+            "                slope = (plus - loss) / epsilon\n",
+        ),
+    ),
+    mutant(
+        "control-variate-state-not-saved",
+        "the loop's checkpoint leaves out the control variate's s: a restored run restarts it at 0",
+        [f"{VARIANT_TESTS}::test_save_and_restore_mid_run_continues_bit_identically"],
+        (
+            LOOP,
+            '            "estimator": estimator_state(self.estimate),\n',
+            '            "estimator": {},\n',
+        ),
+    ),
+    mutant(
+        "diagnostics-draw-from-the-seeds",
+        "the diagnostics' reference gradient is a forward gradient drawn from the seeds' "
+        "generators, so diagnosing changes the run",
+        [f"{VARIANT_TESTS}::test_diagnostics_do_not_change_the_run"],
+        (
+            LOOP,
+            "        _, exact = backprop()(loss_fn, self.params, [])\n",
+            '        _, exact = make_estimator(self.config.replace(method="forward", '
+            'control_variate="none", cv_decay=0.999, epsilon=1e-3))(loss_fn, self.params, '
+            "self.generators)\n",
+        ),
     ),
 ]

@@ -550,3 +550,33 @@ def test_cli_refuses_more_orthogonal_tangents_than_parameters(capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "tangents" in err and "K <= n" in err and "Traceback" not in err
+
+
+def test_estimators_spec_has_every_estimator_on_every_model_with_diagnostics():
+    from pathlib import Path
+
+    from fgray.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "sweeps" / "estimators.yaml")
+    seeds: dict[tuple, int] = {}
+    for plan in spec.trials():
+        c = plan.config
+        key = (c.model, c.method, c.tangent, c.tangents, c.control_variate)
+        seeds[(*key, c.lr)] = seeds.get((*key, c.lr), 0) + len(plan.seeds)
+        assert c.diagnose_every > 0
+    estimators = {
+        ("backprop", "normal", 1, "none"),
+        ("forward", "normal", 1, "none"),
+        ("forward-per-tensor", "normal", 1, "none"),
+        ("forward", "orthogonal", 4, "none"),
+        ("forward", "orthogonal", 16, "none"),
+        ("activity", "normal", 1, "none"),
+        ("forward", "normal", 1, "ema"),
+        ("spsa", "normal", 1, "none"),
+    }
+    for model in ("logreg", "mlp", "cnn"):
+        got = {key[1:5] for key in seeds if key[0] == model}
+        if model == "logreg":  # n = 15: its "K = 16" is K = n = 15
+            got = {(m, t, 16 if (t, k) == ("orthogonal", 15) else k, cv) for m, t, k, cv in got}
+        assert got == estimators, model
+    assert min(n for key, n in seeds.items() if key[0] != "cnn") >= 30
