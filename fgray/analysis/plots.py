@@ -374,9 +374,12 @@ def trajectories(
     return _save(fig, out_dir, "trajectories", index, title, key)
 
 
-# The keys that make one estimator, and those a cosine series is split by besides them.
+# The keys that make one estimator; the cosine figure draws one series per estimator, pooling the
+# learning rates and optimizers it ran with (the cosine of the joint normal estimator does not
+# depend on where it is measured, and the others change slowly with it).
 ESTIMATOR_KEYS = ("method", "tangent", "tangents", "control_variate", "cv_decay", "epsilon")
-SERIES_KEYS = (*ESTIMATOR_KEYS, "lr", "optimizer", "momentum")
+POOLED_KEYS = ("lr", "optimizer", "momentum")
+MIN_BAND_SEEDS = 5  # iterations where fewer seeds are still running are left out of the band
 
 
 def _theory_cosine(config: dict[str, Any]) -> float | None:
@@ -390,45 +393,62 @@ def _theory_cosine(config: dict[str, Any]) -> float | None:
     return None
 
 
+def estimator_name(config: dict[str, Any]) -> str:
+    """'forward', 'forward orthogonal K=4', 'forward cv β=0.999', 'spsa ε=0.001', ..."""
+    parts = [str(config.get("method"))]
+    if config.get("tangent") not in (None, "normal") and config.get("method") != "backprop":
+        parts.append(str(config["tangent"]))
+    if int(config.get("tangents", 1) or 1) > 1:
+        parts.append(f"K={int(config['tangents'])}")
+    if config.get("control_variate") not in (None, "none"):
+        parts.append(f"cv β={stats.plain_value(config.get('cv_decay'))}")
+    if config.get("method") == "spsa":
+        parts.append(f"ε={stats.plain_value(config.get('epsilon'))}")
+    return " ".join(parts)
+
+
 def gradient_cosine(
     trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str], out_dir: str, index: int
 ) -> list[Plot]:
     """Median cos(ĝ, ∇f) (10-90% band) vs iteration per estimator, one figure per panel (model and
-    the other non-estimator keys), with the expected value drawn dashed where theory gives one."""
+    the other keys that are neither estimator options nor pooled ones), with the expected value
+    drawn dashed where theory gives one (fgray.analysis.theory)."""
     if (
         "grad_cosine" not in history
         or not np.isfinite(stats.as_floats(history["grad_cosine"])).any()
     ):
         return []
-    panel_by = [k for k in by if k not in SERIES_KEYS]
-    series_by = [k for k in by if k in SERIES_KEYS]
+    panel_by = [k for k in by if k not in ESTIMATOR_KEYS + POOLED_KEYS]
+    series_by = [k for k in ESTIMATOR_KEYS if k in trials.columns]
     hist = history[np.isfinite(stats.as_floats(history["grad_cosine"]))]
     plots = []
     for key, panel in stats.groups(trials, panel_by):
-        fig = Figure(figsize=(8, 4.5), layout="constrained")
+        fig = Figure(figsize=(10, 4.5), layout="constrained")
         ax = fig.subplots()
         drawn = 0
         for i, (s_key, part) in enumerate(stats.groups(panel, series_by)):
             h = hist.merge(part[stats.SEED_KEYS], on=stats.SEED_KEYS, how="inner")
             b = stats.band(h, "iteration", "grad_cosine")
+            b = b[b["seeds"] >= min(MIN_BAND_SEEDS, b["seeds"].max())] if not b.empty else b
             if b.empty:
                 continue
             color = f"C{i % 10}"
-            name = " ".join(f"{k}={stats.plain_value(v)}" for k, v in s_key.items()) or "all"
-            _draw_band(ax, b, "iteration", color, name)
-            expected = _theory_cosine(part.iloc[0].to_dict())
+            config = {**part.iloc[0].to_dict(), **s_key}
+            ax.plot(b["iteration"], b["median"], color=color, label=estimator_name(config))
+            ax.fill_between(b["iteration"], b["low"], b["high"], color=color, alpha=0.15, lw=0)
+            expected = _theory_cosine(config)
             if expected is not None:
                 ax.axhline(expected, color=color, linestyle="--", linewidth=1)
             drawn += 1
         if not drawn:
             continue
-        ax.plot([], [], color="black", linestyle="--", linewidth=1, label="expected E cos")
+        ax.plot([], [], color="black", linestyle="--", linewidth=1, label="theory: E cos")
         ax.set_xlabel("iteration")
         ax.set_ylabel("cos(estimate, exact gradient)")
         ax.set_yscale("symlog", linthresh=0.01)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
-        title = f"gradient cosine: {stats.label(key)}"
+        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+        title = f"gradient cosine, median and 10-90% of the seeds running: {stats.label(key)}"
         fig.suptitle(title)
         plots.append(_save(fig, out_dir, "gradient-cosine", index + len(plots), title, key))
     return plots
