@@ -44,7 +44,7 @@ def steps(model: str) -> dict[str, object]:
     calls = {}
     for name, options in ESTIMATORS.items():
         if model == "logreg" and options.get("tangents") == 16:
-            options = {**options, "tangents": 15}  # n = 15
+            name, options = "orthogonal K=15 (= n)", {**options, "tangents": 15}
         config = TrainConfig(model=model, lr=1e-8, **options)  # tiny lr: the same work each step
         objective = Objective(build_model(model), load_data(config))
         params = init_population(objective.model, list(range(POPULATION[model])))
