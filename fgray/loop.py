@@ -120,10 +120,11 @@ class PopulationTrainer:
             batch = torch.arange(b, device=self.device).expand(self.population, b)
         loss = self.objective.on(batch)
         params = cost.scratch_params(self.params)
+        estimate = make_estimator(self.config)  # a stateful estimator's own state stays untouched
 
         def step() -> None:
             generators = cost.scratch_generators(self.population, self.device)
-            _, grads = self.estimate(loss, params, generators)
+            _, grads = estimate(loss, params, generators)
             everyone = np.ones(self.population, dtype=bool)
             masked_step(build_optimizer(self.config, params), params, grads, everyone)
 

@@ -580,3 +580,17 @@ def test_estimators_spec_has_every_estimator_on_every_model_with_diagnostics():
             got = {(m, t, 16 if (t, k) == ("orthogonal", 15) else k, cv) for m, t, k, cv in got}
         assert got == estimators, model
     assert min(n for key, n in seeds.items() if key[0] != "cnn") >= 30
+
+
+def test_measuring_a_step_leaves_a_control_variate_run_unchanged():
+    # fgray run measures one step's memory and FLOPs before training (fgray.cost): that step
+    # must not advance the control variate's s.
+    config = TrainConfig(model="mlp", control_variate="ema", max_iters=8, threshold=0.1)
+    plain = PopulationTrainer(config, [0, 1])
+    plain.run()
+    measured = PopulationTrainer(config, [0, 1])
+    measured.step_cost()
+    measured.run()
+    pd.testing.assert_frame_equal(
+        measured.history_frame()[UNCHANGED], plain.history_frame()[UNCHANGED], check_exact=True
+    )
