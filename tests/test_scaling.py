@@ -13,7 +13,7 @@ import ray
 import torch
 from sweeptools import write_spec
 
-from fgray.analysis import scaling, theory
+from fgray.analysis import incidence, scaling, theory
 from fgray.cli import main
 from fgray.config import ConfigError, TrainConfig
 from fgray.data import load_data
@@ -219,7 +219,7 @@ def test_sphere_median_hitting_time_agrees_with_theory(n):
     frame = train(config, range(seeds)).results_frame()
     assert (frame["outcome"] == "reached").all()
     measured = scaling.median_time(
-        frame["iterations_to_threshold"].to_numpy(float), np.zeros(seeds, dtype=int)
+        frame["iterations_to_threshold"].to_numpy(float), np.full(seeds, scaling.REACHED)
     )
     predicted = theory.median_hitting_time(n, 0.01)
     spread = frame["iterations_to_threshold"].std()
@@ -242,9 +242,9 @@ def test_slope_fit_recovers_a_known_exponent_from_synthetic_hitting_times():
     reaching = []
     for n in sizes:
         times = np.round(3 * n**0.5 * np.exp(0.3 * rng.standard_normal(64)))
-        events = np.zeros(64, dtype=int)
+        events = np.full(64, scaling.REACHED)
         events[:4] = scaling.DIVERGED
-        reaching.append(np.where(events == 0, times, np.inf))
+        reaching.append(np.where(events == scaling.REACHED, times, np.inf))
     slope, low, high, note = scaling.slope_with_ci(sizes, reaching)
     assert slope == pytest.approx(0.5, abs=4 * 0.0049)
     assert low < 0.5 < high and high - low < 0.05
@@ -254,11 +254,22 @@ def test_slope_fit_recovers_a_known_exponent_from_synthetic_hitting_times():
     assert s2 == pytest.approx(slope + 1)
 
 
-def test_median_time_counts_diverged_seeds_as_never_reaching():
+def test_median_time_counts_diverged_seeds_as_never_reaching_as_the_analysis_does():
+    r, d, c = scaling.REACHED, scaling.DIVERGED, scaling.CENSORED
     times = np.array([1.0, 2.0, 3.0, 50.0, 60.0])
-    assert scaling.median_time(times, np.array([0, 0, 0, 1, 1])) == 3.0
-    assert scaling.median_time(times, np.array([0, 0, 1, 1, 2])) == math.inf
-    assert scaling.median_time(times, np.array([0, 1, 0, 1, 0])) == 60.0
+    cases = [([r, r, r, d, d], 3.0), ([r, r, d, d, c], math.inf), ([r, d, r, d, r], 60.0)]
+    for events, expected in cases:
+        assert scaling.median_time(times, np.array(events)) == expected
+    # the analysis' Aalen-Johansen median, on seeds censored only at a cap after every hit
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        t = rng.integers(1, 100, size=31).astype(float)
+        e = rng.choice([r, r, r, d], size=31)
+        e[rng.random(31) < 0.2], t[e == c] = c, 100.0
+        e[t == 100.0] = c
+        mine = scaling.median_time(t, e)
+        theirs = incidence.median_time(t, e, n_resamples=0).value
+        assert mine == theirs or (mine == math.inf and math.isnan(theirs))
 
 
 def test_crossover_is_found_between_the_sizes_where_the_faster_method_changes():
@@ -286,6 +297,7 @@ def test_crossover_is_found_between_the_sizes_where_the_faster_method_changes():
 
 
 # -- a small size sweep end to end -----------------------------------------------------------------
+@pytest.mark.slow  # ~40 s on a quiet 2-core machine, most of it the standard report's 21 figures
 def test_small_size_sweep_runs_through_fgray_sweep_and_analyze(tmp_path, capsys):
     """Sphere at n = 4, 16, 64: forward at the theory's rate and backprop at 1/4, 16 seeds each."""
     variants = []

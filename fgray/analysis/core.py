@@ -253,7 +253,9 @@ def analyze(
     result = tables(trials, history, keys, loaded.missing, conditional)
     figures, skipped = plotting.make_all(trials, history, keys, result, out_dir, conditional)
     text = report.summary(result, keys, loaded.notes)
-    sizes = scaling.analyze_sizes(trials, history, keys, out_dir, index=len(figures))
+    sizes = scaling.analyze_sizes(
+        trials, history, keys, out_dir, len(figures), result.get("iterations_to_threshold")
+    )
     if sizes is None:
         skipped.append("scaling: no grouping key varies a size (dim, hidden or n_params)")
     else:

@@ -123,15 +123,22 @@ def is_size_sweep(trials: pd.DataFrame, by: Sequence[str]) -> bool:
     return bool(size_keys(trials, by))
 
 
+# Settings that may follow the size (a rate 1/(n+2), a cap that grows with n) without splitting a
+# series, as long as each size has one value.
+PER_POINT_KEYS = ("lr", "max_iters", "max_seconds")
+
+
 def series_keys(trials: pd.DataFrame, by: Sequence[str]) -> list[str]:
-    """Grouping keys of a series: all but the sizes, and lr where each size has one rate."""
+    """Grouping keys of a series: all but the sizes, and lr / max_iters / max_seconds where each
+    size has one value."""
     keys = [k for k in by if k not in SIZE_KEYS]
-    if "lr" in keys:
-        rest = [k for k in keys if k != "lr"]
-        per_point = trials.groupby([*rest, "n_params"], dropna=False)["lr"].nunique()
-        if (per_point <= 1).all():
-            keys = rest
-    return keys
+    rest = [k for k in keys if k not in PER_POINT_KEYS]
+    for k in PER_POINT_KEYS:
+        if k in keys:
+            per_point = trials.groupby([*rest, "n_params"], dropna=False)[k].nunique(dropna=False)
+            if (per_point > 1).any():
+                rest.append(k)
+    return [k for k in keys if k in rest]
 
 
 @dataclass
@@ -179,10 +186,19 @@ def _prediction(row: pd.Series, n: int) -> tuple[float, float]:
 
 
 def points(
-    trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str]
+    trials: pd.DataFrame,
+    history: pd.DataFrame,
+    by: Sequence[str],
+    computed: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[str, int], np.ndarray]]:
-    """One row per (series, size) and each point's reaching times (for the slope bootstrap)."""
+    """One row per (series, size) and each point's reaching times (for the slope bootstrap).
+
+    `computed`: the analysis' iterations_to_threshold table, whose median of a group is reused
+    where a point is exactly one group (its bootstrap is the expensive part)."""
     keys = series_keys(trials, by)
+    known = {}
+    if computed is not None and not computed.empty:
+        known = {stats.key_of(r, by): r for _, r in computed.iterrows()}
     cost = stats.group_cost(trials, history, by)
     cost_of = {stats.key_of(r, by): float(r["seconds_per_iteration"]) for _, r in cost.iterrows()}
     rows, reaching = [], {}
@@ -192,16 +208,14 @@ def points(
         label = stats.label(key) if key else "all"
         times, events = _reaching(frame)
         reach = _as_reaching(times, events)
-        median = median_time(times, events)
-        low, high = (
-            _percentile_ci(_resampled_medians(reach, rng))
-            if reach.size > 1
-            else (
-                math.nan,
-                math.nan,
-            )
-        )
         sub = [stats.key_of(r, by) for _, r in frame.drop_duplicates(list(by)).iterrows()]
+        if len(sub) == 1 and sub[0] in known:
+            row = known[sub[0]]
+            median, low, high, note = row["median"], row["ci_low"], row["ci_high"], row["note"]
+        else:
+            estimate = stats.median(frame, "iterations")
+            median, low, high = estimate.value, estimate.ci_low, estimate.ci_high
+            note = estimate.note
         per_iter = float(np.nanmedian([cost_of.get(s, math.nan) for s in sub]))
         first = frame.iloc[0]
         predicted, expected = _prediction(first, n)
@@ -225,7 +239,7 @@ def points(
                 "seconds_ci_high": high * per_iter,
                 "predicted_median": predicted,
                 "predicted_expected": expected,
-                "note": estimate.note,
+                "note": note or "",
                 "_cap_only": cap_censoring_only(times, events),
             }
         )
@@ -319,7 +333,8 @@ def crossovers(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
                 ("iterations", "median_iterations"),
                 ("seconds_modelled", "median_seconds_modelled"),
             ):
-                rows.append(_crossover(setting, series, measure, other, backprop, column))
+                name = _series_name(series, keys)
+                rows.append(_crossover(setting, name, measure, other, backprop, column))
     return pd.DataFrame(rows, columns=CROSSOVER_COLUMNS)
 
 
@@ -454,12 +469,18 @@ def _series_name(series: str, keys: Sequence[str]) -> str:
 
 # -- entry point -----------------------------------------------------------------------------------
 def analyze_sizes(
-    trials: pd.DataFrame, history: pd.DataFrame, by: Sequence[str], out_dir: str, index: int = 0
+    trials: pd.DataFrame,
+    history: pd.DataFrame,
+    by: Sequence[str],
+    out_dir: str,
+    index: int = 0,
+    computed: pd.DataFrame | None = None,
 ) -> Scaling | None:
-    """The scaling tables, figures and summary of a size sweep; None for any other sweep."""
+    """The scaling tables, figures and summary of a size sweep; None for any other sweep.
+    `computed`: the analysis' iterations_to_threshold table, reused (see `points`)."""
     if "n_params" not in trials or not is_size_sweep(trials, by):
         return None
-    table, reaching = points(trials, history, by)
+    table, reaching = points(trials, history, by, computed)
     if table.empty:
         return None
     keys = series_keys(trials, by)
@@ -476,7 +497,8 @@ def analyze_sizes(
             + (f" ({r['note']})" if r["note"] else "")
         )
     lines += [
-        f"  {r['method']} vs backprop [{r['measure']}]: {r['verdict']}" for _, r in cross.iterrows()
+        f"  {r['setting']}: {r['method']} vs backprop [{r['measure']}]: {r['verdict']}"
+        for _, r in cross.iterrows()
     ]
     if len(not_cap):
         lines.append(
