@@ -449,7 +449,7 @@ def figure(
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("parameters per seed (n)")
-            ax.set_ylabel(f"median {label} to threshold")
+            ax.set_ylabel(f"median {label} to threshold", fontsize=8)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
         title = (
@@ -463,8 +463,8 @@ def figure(
 
 
 def _series_name(series: str, keys: Sequence[str]) -> str:
-    parts = [p for p in series.split(" ") if p.split("=")[0] in METHOD_KEYS]
-    return " ".join(parts) or series
+    parts = [p for p in series.split(", ") if p.split("=")[0] in METHOD_KEYS]
+    return ", ".join(parts) or series
 
 
 # -- entry point -----------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def log_step(n: int, alpha: float, tangent: str = "normal", k: int = 1) -> LogSt
 class HittingTime:
     """The predicted median steps to f < ε f_0 and its spread over seeds."""
 
-    median: float  # ln(1/ε)/μ
+    median: float  # ln(1/ε)/μ; for the exact gradient the integer ⌊ln(1/ε)/μ⌋ + 1
     sd: float  # σ √(ln(1/ε)/μ) / μ, the first-passage CLT
     mu: float
     sigma: float
@@ -160,6 +160,8 @@ def median_hitting_time(
     if not step.mu > 0:
         return HittingTime(math.inf, math.inf, step.mu, step.sigma)
     distance = math.log(1.0 / epsilon)
+    if step.sigma == 0.0:  # deterministic (the exact gradient): the first iteration past ln ε
+        return HittingTime(math.floor(distance / step.mu) + 1, 0.0, step.mu, 0.0)
     return HittingTime(
         median=distance / step.mu,
         sd=step.sigma * math.sqrt(distance / step.mu) / step.mu,
