@@ -414,10 +414,12 @@ def figure(
             strict=True,
         ):
             for j, (series, pts) in enumerate(frame.groupby("series", sort=False)):
+                color = f"C{j % 10}"
                 pts = pts[np.isfinite(pts[column])]
                 if pts.empty:
+                    never = f"{_series_name(series, keys)}: median undefined at every size"
+                    ax.plot([], [], "o", color=color, mfc="none", label=never)
                     continue
-                color = f"C{j % 10}"
                 y = pts[column].to_numpy()
                 err = np.vstack(
                     [
@@ -452,10 +454,8 @@ def figure(
             ax.set_ylabel(f"median {label} to threshold", fontsize=8)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
-        title = (
-            f"Scaling: time to threshold against size ({setting}); 95% CIs, dashed: power-law fit"
-        )
-        fig.suptitle(title)
+        title = f"Scaling: time to threshold against size ({setting})"
+        fig.suptitle(f"{title}\nmedians with 95% CIs; dashed: power-law fit", fontsize=10)
         path = os.path.join(out_dir, f"scaling-{index + i:02d}.png")
         fig.savefig(path, dpi=DPI, format="png")
         plots.append(Plot(path=path, kind="scaling", title=title))
