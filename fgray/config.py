@@ -21,15 +21,19 @@ CONTROL_VARIATES = ("none", "ema")
 OPTIMIZERS = ("sgd", "adam")
 DATASETS = ("penguins", "mnist", "mnist-t10k", "none")
 DEVICES = ("cpu", "cuda")
+MLP_INITS = ("auto", "unit", "fan-in")
 
-# Parameters per seed of each model (n, the dimension the estimators work in); a test checks these
-# against fgray.models, which config cannot import. Orthogonal tangents need K <= n.
-PARAMETER_COUNTS = {
-    "logreg": 15,
-    "mlp": 867,
-    "cnn": 50_986,
-    **{name: 2 for name in TEST_FUNCTIONS},
-}
+# Test functions defined in any dimension (`dim`); beale is 2-D only.
+N_DIMENSIONAL = ("sphere", "rosenbrock")
+DEFAULT_DIM = 2
+DEFAULT_HIDDEN = "64,8"  # the replication report's 4-64-8-3 MLP
+MAX_DIM = 10_000_000
+MAX_WIDTH = 1_000_000
+
+# Inputs and classes of each data set, for the MLP's shape and the parameter count (config cannot
+# import fgray.data, which loads torch; a test checks these against the loaded data).
+DATA_SHAPES = {"penguins": (4, 3), "mnist": (784, 10), "mnist-t10k": (784, 10)}
+
 FORWARD_METHODS = ("forward", "forward-per-tensor")
 SPSA_TANGENTS = ("normal", "rademacher")
 DEFAULT_EPSILON = 1e-3
@@ -99,6 +103,26 @@ class TrainConfig:
     data_root: str | None = _opt(None, "mnist: torchvision root (default: per-user cache)")
     download: bool = _opt(False, "mnist: allow torchvision to download the data")
     device: str = _opt("cpu", "torch device", DEVICES)
+    dim: int = _opt(
+        DEFAULT_DIM, "sphere, rosenbrock: dimension n of the test function (beale is 2-D only)"
+    )
+    hidden: str = _opt(
+        DEFAULT_HIDDEN,
+        "mlp: hidden layer widths, comma-separated (64,8: the replication report's 4-64-8-3); "
+        "inputs and classes come from the data (mnist: 784 flattened pixels, 10 classes)",
+    )
+    init: str = _opt(
+        "auto",
+        "mlp: weight and bias initialisation; unit is U(-1, 1) (the replication report's), "
+        "fan-in is U(±1/√fan_in) (torch's default); auto: unit on penguins, fan-in on mnist, "
+        "where U(-1, 1) over 784 inputs gives logits in the hundreds",
+        MLP_INITS,
+    )
+    threshold_relative: bool = _opt(
+        False,
+        "read threshold as a fraction of each seed's starting loss (0.01: stop when the loss "
+        "falls below 1% of its value at iteration 0)",
+    )
 
     def __post_init__(self) -> None:
         # YAML and argparse give ints for floats ("lr: 1"); store floats so columns keep one type.
@@ -110,6 +134,15 @@ class TrainConfig:
                 and not isinstance(value, bool)
             ):
                 object.__setattr__(self, f.name, float(value))
+        # YAML reads `hidden: 64` as an int, `hidden: [64, 8]` as a list and `hidden: 64, 8`
+        # with a space: store "64" and "64,8", one spelling per network, so group labels and
+        # Parquet columns agree.
+        if isinstance(self.hidden, int) and not isinstance(self.hidden, bool):
+            object.__setattr__(self, "hidden", str(self.hidden))
+        if isinstance(self.hidden, (list, tuple)):
+            object.__setattr__(self, "hidden", ",".join(str(w) for w in self.hidden))
+        if isinstance(self.hidden, str):
+            object.__setattr__(self, "hidden", ",".join(p.strip() for p in self.hidden.split(",")))
         self.validate()
 
     # -- validation -------------------------------------------------------------------------
@@ -140,7 +173,6 @@ class TrainConfig:
                     "applies to mini-batch runs (set batch_size); full batch checks every "
                     "iteration",
                 )
-        self._validate_estimator()
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError("momentum", f"{self.momentum} must be in [0, 1)")
         if not 0.0 < self.test_fraction < 1.0:
@@ -152,11 +184,23 @@ class TrainConfig:
                 f"{self.model} is a test function and takes no data (leave data at auto or none)",
             )
         if self.model not in TEST_FUNCTIONS:
-            wants = "mnist" if self.model == "cnn" else "penguins"
+            wants = {"cnn": ("mnist",), "logreg": ("penguins",)}.get(
+                self.model, ("penguins", "mnist")
+            )
             if not data.startswith(wants):
-                raise ConfigError("data", f"model {self.model} needs {wants} data, got {data}")
+                raise ConfigError(
+                    "data", f"model {self.model} needs {' or '.join(wants)} data, got {data}"
+                )
         if self.model in TEST_FUNCTIONS and self.batch_size is not None:
             raise ConfigError("batch_size", f"{self.model} has no data to batch")
+        self._validate_sizes()
+        self._validate_estimator()
+        if self.threshold_relative and not self.threshold < 1.0:
+            raise ConfigError(
+                "threshold",
+                f"with threshold_relative it is a fraction of the starting loss and must be < 1, "
+                f"got {self.threshold}",
+            )
         if self.method == "activity":
             if self.model in TEST_FUNCTIONS:
                 raise ConfigError(
@@ -203,7 +247,7 @@ class TrainConfig:
                 "tangent", f"spsa perturbs along normal or rademacher z, not {self.tangent}"
             )
         if self.tangent == "orthogonal":
-            n = PARAMETER_COUNTS[self.model]
+            n = self.n_params
             if self.tangents > n:
                 raise ConfigError(
                     "tangents",
@@ -218,6 +262,79 @@ class TrainConfig:
                     f"must be a multiple of check_every ({every}): diagnostics are recorded "
                     "with the checked iterations",
                 )
+
+    def _validate_sizes(self) -> None:
+        """dim applies to the n-dimensional test functions, hidden to the MLP, nothing else."""
+        if self.model in N_DIMENSIONAL:
+            low = 2 if self.model == "rosenbrock" else 1
+            if not low <= self.dim <= MAX_DIM:
+                raise ConfigError(
+                    "dim", f"{self.model} needs {low} <= dim <= {MAX_DIM}, got {self.dim}"
+                )
+        elif self.dim != DEFAULT_DIM:
+            raise ConfigError(
+                "dim",
+                f"applies to {' and '.join(N_DIMENSIONAL)} only; {self.model} has a fixed "
+                f"size (leave dim at {DEFAULT_DIM})",
+            )
+        if self.model == "mlp":
+            self.hidden_sizes  # noqa: B018 (parses and raises ConfigError)
+        else:
+            if self.hidden != DEFAULT_HIDDEN:
+                raise ConfigError(
+                    "hidden",
+                    f"applies to the mlp only; {self.model} has a fixed shape "
+                    f"(leave hidden at {DEFAULT_HIDDEN})",
+                )
+            if self.init != "auto":
+                raise ConfigError(
+                    "init", f"applies to the mlp only; {self.model} has its own (leave it at auto)"
+                )
+
+    @property
+    def resolved_init(self) -> str:
+        """The MLP's initialisation: `init`, or for auto the data set's (see the option's help)."""
+        if self.init != "auto":
+            return self.init
+        return "unit" if self.resolved_data == "penguins" else "fan-in"
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        """The MLP's hidden widths, e.g. (64, 8); ConfigError naming `hidden` if malformed."""
+        parts = self.hidden.split(",")
+        if not all(p.isascii() and p.isdigit() for p in parts):
+            raise ConfigError(
+                "hidden",
+                f"{self.hidden!r} is not a list of widths; write it like 64,8 (one positive "
+                "integer per hidden layer)",
+            )
+        widths = tuple(int(p) for p in parts)
+        if not all(1 <= w <= MAX_WIDTH for w in widths):
+            raise ConfigError("hidden", f"every width must be in 1..{MAX_WIDTH}, got {self.hidden}")
+        return widths
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """The MLP's sizes from input to classes, e.g. (4, 64, 8, 3) on penguins."""
+        inputs, classes = DATA_SHAPES[self.resolved_data]
+        return (inputs, *self.hidden_sizes, classes)
+
+    @property
+    def n_params(self) -> int:
+        """Parameters per seed, n: the dimension the estimators work in (a test checks this
+        formula against the built models)."""
+        if self.model in N_DIMENSIONAL:
+            return self.dim
+        if self.model == "beale":
+            return 2
+        if self.model == "logreg":
+            inputs, classes = DATA_SHAPES[self.resolved_data]
+            return (inputs + 1) * classes
+        if self.model == "mlp":
+            sizes = self.layer_sizes
+            return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+        # cnn: conv 1->2 and 2->4 (3x3, with biases), fc 784->64 and 64->10
+        return (9 * 1 + 1) * 2 + (9 * 2 + 1) * 4 + (784 + 1) * 64 + (64 + 1) * 10
 
     @property
     def resolved_data(self) -> str:

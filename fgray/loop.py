@@ -36,7 +36,7 @@ from fgray.estimators import (
     load_estimator_state,
     make_estimator,
 )
-from fgray.models import Params, build_model, init_population
+from fgray.models import Params, build_model, count_params, init_population
 from fgray.objective import Objective
 from fgray.optim import build_optimizer, masked_step
 from fgray.results import Outcome, SeedResult, seed_rows
@@ -67,7 +67,8 @@ class PopulationTrainer:
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device", "cuda was asked for but torch sees no GPU; use cpu")
-        self.model = build_model(config.model)
+        self.model = build_model(config)
+        self.n_params = count_params(self.model)
         if data is None:
             data = load_data(config)
         else:
@@ -84,6 +85,7 @@ class PopulationTrainer:
         self.params = {
             k: p.to(self.device) for k, p in init_population(self.model, self.seeds).items()
         }
+        self.threshold = self._thresholds()
         self.optimizer = build_optimizer(config, self.params)
         self.generators = [
             torch.Generator(self.device).manual_seed(training_seed(s)) for s in self.seeds
@@ -100,6 +102,17 @@ class PopulationTrainer:
         self.step_seconds: list[float] = []
         self._history: list[dict[str, Any]] = []
         self._warm_up()
+
+    def _thresholds(self) -> np.ndarray:
+        """Each seed's threshold: `threshold`, or with threshold_relative that fraction of the
+        seed's loss at its initial parameters (a function of the seed, so a restored run
+        computes the same values and nothing needs saving)."""
+        s = self.population
+        if not self.config.threshold_relative:
+            return np.full(s, self.config.threshold)
+        with torch.no_grad():
+            start = self.objective.loss(self.params).double().cpu().numpy()
+        return self.config.threshold * start
 
     def _warm_up(self) -> None:
         """One throwaway estimate on copies, so one-time costs (forward-AD set-up, allocator and
@@ -129,6 +142,12 @@ class PopulationTrainer:
             masked_step(build_optimizer(self.config, params), params, grads, everyone)
 
         return cost.measure(step, lambda: loss(params), self.population, self.device)
+
+    @property
+    def _records_position(self) -> bool:
+        """2-D test functions record their point (x, y) every iteration, for the trajectory
+        plots; n-dimensional ones would record n numbers per seed and iteration, so they don't."""
+        return self.objective.is_test_function and self.params["xy"].shape[-1] == 2
 
     # -- running ----------------------------------------------------------------------------
     @property
@@ -196,7 +215,7 @@ class PopulationTrainer:
         running = self.running
         nothing = np.zeros_like(running)
         diverged = running & ~finite_np
-        reached = running & finite_np & (loss_np < cfg.threshold) if check else nothing
+        reached = running & finite_np & (loss_np < self.threshold) if check else nothing
         stopping = reached | diverged
         censored = running & ~stopping if capped else nothing
         ended = stopping | censored
@@ -232,7 +251,7 @@ class PopulationTrainer:
             "recorded": running.copy(),
             "train_loss": loss.copy(),
         }
-        if self.objective.is_test_function:
+        if self._records_position:
             row["xy"] = self.params["xy"].detach().double().cpu().numpy().copy()
         self._history.append(row)
 
@@ -281,7 +300,9 @@ class PopulationTrainer:
 
     def results_frame(self) -> pd.DataFrame:
         """One row per seed (fgray.results builds it): what `fgray run` prints."""
-        return seed_rows(self.results(), self.median_step_seconds())
+        frame = seed_rows(self.results(), self.median_step_seconds())
+        frame["n_params"] = self.n_params
+        return frame
 
     def median_step_seconds(self) -> float:
         return float(np.median(self.step_seconds)) if self.step_seconds else math.nan
@@ -323,7 +344,7 @@ class PopulationTrainer:
                 ),
             }
         )
-        if self.objective.is_test_function:
+        if self._records_position:
             xy = np.stack([r["xy"] for r in self._history])[t_idx, s_idx]
             frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
         else:

@@ -1,4 +1,8 @@
-"""The seed document's three networks and three 2-D test functions, as plain nn.Modules.
+"""The replication report's three networks and three test functions, as plain nn.Modules.
+
+Sizes come from the config: the MLP's hidden widths (`hidden`, default the report's 4-64-8-3) and
+the dimension of the sphere and Rosenbrock (`dim`, default 2); the defaults build exactly the
+report's models.
 
 Each forward is written so that every parameter may carry a leading *seed* axis: called through
 `torch.func.functional_call` with parameters of shape (S, *shape), a module computes S independent
@@ -26,7 +30,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from fgray.config import TEST_FUNCTIONS
+from fgray.config import TEST_FUNCTIONS, TrainConfig
 from fgray.functions import FUNCTIONS
 
 Params = dict[str, Tensor]
@@ -157,25 +161,36 @@ class LogReg(nn.Module):
 
 
 class MLP(nn.Module):
-    """4 -> 64 -> ReLU -> 8 -> ReLU -> 3; U(-1, 1) on every weight and bias (the seed's choice)."""
+    """4 -> 64 -> ReLU -> 8 -> ReLU -> 3 by default, any widths in between; MNIST images enter
+    flattened (784 inputs). `init`: "unit" is U(-1, 1) on every weight and bias (the replication
+    report's choice), "fan-in" is U(±1/√fan_in) (torch's default, as the CNN)."""
 
-    def __init__(self, sizes: tuple[int, ...] = (4, 64, 8, 3)) -> None:
+    def __init__(self, sizes: tuple[int, ...] = (4, 64, 8, 3), init: str = "unit") -> None:
         super().__init__()
+        if init not in ("unit", "fan-in"):
+            raise ValueError(f"unknown MLP init {init!r}")
         self.sizes = sizes
+        self.init_kind = init
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
             self.register_parameter(f"W{i + 1}", nn.Parameter(torch.zeros(a, b)))
             self.register_parameter(f"b{i + 1}", nn.Parameter(torch.zeros(b)))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() >= 3 and x.shape[-1] != self.sizes[0]:  # images (..., C, H, W): flatten
+            x = x.flatten(-3)
         layers = len(self.sizes) - 1
         for i in range(1, layers + 1):
             layer = _dense_relu if i < layers else dense
             x = block(layer, x, getattr(self, f"W{i}"), getattr(self, f"b{i}"))
         return x
 
-    @staticmethod
-    def init(shapes: dict[str, torch.Size], generator: torch.Generator) -> Params:
-        return {k: _uniform(tuple(s), 1.0, generator) for k, s in shapes.items()}
+    def init(self, shapes: dict[str, torch.Size], generator: torch.Generator) -> Params:
+        params = {}
+        for k, s in shapes.items():  # W1, b1, W2, b2, ...: each bias after its weight
+            fan_in = shapes[f"W{k[1:]}"][0]
+            bound = 1.0 if self.init_kind == "unit" else 1.0 / math.sqrt(fan_in)
+            params[k] = _uniform(tuple(s), bound, generator)
+        return params
 
 
 class CNN(nn.Module):
@@ -212,40 +227,69 @@ class CNN(nn.Module):
 
 
 class TestFunction(nn.Module):
-    """A 2-D objective f(x, y) whose parameters are the point `xy`; it starts from a fixed point."""
+    """An objective whose parameters are the point `xy` (n coordinates; 2 for the classic
+    functions); it starts from a fixed point: the classic 2-D start, repeated to fill n."""
 
     __test__ = False  # not a pytest class
     minimum: tuple[float, float] = (0.0, 0.0)
     start: tuple[float, float] = (0.0, 0.0)
 
-    def __init__(self) -> None:
+    def __init__(self, dim: int = 2) -> None:
         super().__init__()
-        self.xy = nn.Parameter(torch.zeros(2))
+        self.dim = dim
+        self.xy = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: Tensor | None = None) -> Tensor:
-        return self.value(self.xy[..., 0], self.xy[..., 1])
+        if self.dim == 2:  # the classic formula, so 2-D runs are exactly what they always were
+            return self.value(self.xy[..., 0], self.xy[..., 1])
+        return self.value_n(self.xy)
 
     @staticmethod
     def value(x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
 
+    @staticmethod
+    def value_n(xs: Tensor) -> Tensor:
+        """f of points (..., n); only the n-dimensional functions define it."""
+        raise NotImplementedError
+
+    @classmethod
+    def start_point(cls, dim: int) -> Tensor:
+        """The start in n dimensions: the 2-D start repeated, (s1, s2, s1, s2, ...)[:n]."""
+        return torch.tensor(cls.start).repeat((dim + 1) // 2)[:dim]
+
+    @classmethod
+    def minimum_point(cls, dim: int) -> Tensor:
+        return torch.tensor(cls.minimum).repeat((dim + 1) // 2)[:dim]
+
     @classmethod
     def init(cls, shapes: dict[str, torch.Size], generator: torch.Generator) -> Params:
-        return {"xy": torch.tensor(cls.start)}
+        return {"xy": cls.start_point(shapes["xy"][0])}
 
 
 class Sphere(TestFunction):
-    """x² + y², minimum 0 at (0, 0)."""
+    """x² + y², minimum 0 at (0, 0); in n dimensions Σ x_i², from (1.5, -1, 1.5, -1, ...)."""
 
     start, minimum = FUNCTIONS["sphere"].start, FUNCTIONS["sphere"].minimum
     value = staticmethod(FUNCTIONS["sphere"].value)
 
+    @staticmethod
+    def value_n(xs: Tensor) -> Tensor:
+        return (xs**2).sum(-1)
+
 
 class Rosenbrock(TestFunction):
-    """(1 - x)² + 100 (y - x²)², minimum 0 at (1, 1); the classic start (-1.2, 1)."""
+    """(1 - x)² + 100 (y - x²)², minimum 0 at (1, 1); the classic start (-1.2, 1). In n
+    dimensions the chained sum Σ_{i<n} 100 (x_{i+1} - x_i²)² + (1 - x_i)², minimum 0 at
+    (1, ..., 1), from (-1.2, 1, -1.2, 1, ...) (Moré, Garbow and Hillstrom's extended start)."""
 
     start, minimum = FUNCTIONS["rosenbrock"].start, FUNCTIONS["rosenbrock"].minimum
     value = staticmethod(FUNCTIONS["rosenbrock"].value)
+
+    @staticmethod
+    def value_n(xs: Tensor) -> Tensor:
+        head, tail = xs[..., :-1], xs[..., 1:]
+        return (100 * (tail - head**2) ** 2 + (1 - head) ** 2).sum(-1)
 
 
 class Beale(TestFunction):
@@ -266,14 +310,26 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
 assert set(TEST_FUNCTIONS) <= set(MODEL_CLASSES)
 
 
-def build_model(name: str) -> nn.Module:
-    return MODEL_CLASSES[name]()
+def build_model(config: str | TrainConfig) -> nn.Module:
+    """The model a config trains (a name alone: that model at its default size)."""
+    if isinstance(config, str):
+        config = TrainConfig(model=config)
+    if config.model == "mlp":
+        return MLP(config.layer_sizes, config.resolved_init)
+    if config.model in ("sphere", "rosenbrock"):
+        return MODEL_CLASSES[config.model](config.dim)
+    return MODEL_CLASSES[config.model]()
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters of one seed's model."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def init_params(model: nn.Module, generator: torch.Generator) -> Params:
     """One seed's initial parameters (on CPU, float32), drawn from `generator` in a fixed order."""
     shapes = {k: p.shape for k, p in model.named_parameters()}
-    params = type(model).init(shapes, generator)
+    params = model.init(shapes, generator)
     assert {k: v.shape for k, v in params.items()} == shapes
     return {k: v.float() for k, v in params.items()}
 

@@ -86,6 +86,7 @@ TRIALS_SCHEMA = pa.schema(
         *_config_fields(),
         pa.field("seed", pa.int64()),
         pa.field("population_size", pa.int64()),
+        pa.field("n_params", pa.int64()),  # parameters per seed: the size a scaling study varies
         pa.field("outcome", pa.string()),  # an Outcome
         pa.field("iterations_to_threshold", pa.int64()),  # null unless reached
         pa.field("seconds_to_threshold", pa.float64()),  # null unless reached
@@ -176,6 +177,7 @@ def history_rows(plan: PlannedTrial, history: pd.DataFrame) -> pd.DataFrame:
 def _identified(frame: pd.DataFrame, plan: PlannedTrial) -> pd.DataFrame:
     for key, value in plan.config.to_dict().items():
         frame[key] = value
+    frame["n_params"] = plan.config.n_params
     frame["experiment"], frame["trial_name"], frame["group"] = (
         plan.experiment,
         plan.name,

@@ -31,8 +31,8 @@ from estimator_math import (
 )
 from test_estimators import CASES
 
-from fgray.analysis.theory import expected_cosine, expected_cosine_squared
-from fgray.config import PARAMETER_COUNTS, ConfigError, TrainConfig
+from fgray.analysis.cosine import expected_cosine, expected_cosine_squared
+from fgray.config import ConfigError, TrainConfig
 from fgray.data import Dataset, penguins
 from fgray.estimators import (
     ControlVariate,
@@ -47,7 +47,7 @@ from fgray.estimators import (
     spsa,
 )
 from fgray.loop import PopulationTrainer, train
-from fgray.models import MODEL_CLASSES, Params, build_model, init_population
+from fgray.models import Params, build_model, init_population
 from fgray.objective import Objective
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -233,7 +233,7 @@ def test_spsa_uses_no_automatic_differentiation():
 def test_orthogonal_tangents_are_sqrt_n_times_orthonormal_per_seed(model, k):
     obj = objective(model)
     params = init_population(obj.model, [0, 1, 2])
-    n = PARAMETER_COUNTS[model]
+    n = TrainConfig(model=model).n_params
     tangents = draw_orthogonal(params, [torch.Generator().manual_seed(s) for s in range(3)], k)
     v = torch.stack([flat(t) for t in tangents], 2)  # (S, n, K)
     gram = v.transpose(1, 2) @ v / n
@@ -247,7 +247,7 @@ def test_orthogonal_tangents_are_sqrt_n_times_orthonormal_per_seed(model, k):
 def test_orthogonal_cosine_squared_averages_k_over_n_and_beats_independent_tangents():
     model, k, seeds = "logreg", 4, 4000
     obj = objective(model)
-    n = PARAMETER_COUNTS[model]
+    n = TrainConfig(model=model).n_params
     point = one_point(obj)
     g = exact_gradient(obj, point)
 
@@ -255,7 +255,7 @@ def test_orthogonal_cosine_squared_averages_k_over_n_and_beats_independent_tange
     independent = draws(forward("normal", k), obj, point, seeds)
 
     cos2 = torch.cosine_similarity(orthogonal, g.unsqueeze(0), dim=1) ** 2
-    # cos² ~ Beta(K/2, (n-K)/2) (fgray.analysis.theory): mean K/n, variance
+    # cos² ~ Beta(K/2, (n-K)/2) (fgray.analysis.cosine): mean K/n, variance
     # (K/n)(1 - K/n)·2/(n+2). 5 standard errors of the mean over the seeds.
     variance = (k / n) * (1 - k / n) * 2 / (n + 2)
     assert abs(cos2.mean().item() - k / n) < 5 * math.sqrt(variance / seeds)
@@ -271,10 +271,10 @@ def test_orthogonal_cosine_squared_averages_k_over_n_and_beats_independent_tange
 
 @pytest.mark.parametrize(("k", "tangent"), [(1, "normal"), (4, "normal"), (16, "orthogonal")])
 def test_mlp_cosine_has_the_derived_expectation(k, tangent):
-    # E cos from fgray.analysis.theory (the line the cosine plot draws); 5 standard errors of the
+    # E cos from fgray.analysis.cosine (the line the cosine plot draws); 5 standard errors of the
     # mean over the seeds.
     obj = objective("mlp")
-    n = PARAMETER_COUNTS["mlp"]
+    n = TrainConfig(model="mlp").n_params
     point = one_point(obj)
     g = exact_gradient(obj, point)
     seeds = 1000
@@ -423,11 +423,6 @@ def test_save_and_restore_mid_run_continues_bit_identically(name, tmp_path):
 
 
 # -- configuration -------------------------------------------------------------------------------
-def test_parameter_counts_in_config_match_the_models():
-    for name, cls in MODEL_CLASSES.items():
-        assert PARAMETER_COUNTS[name] == sum(p.numel() for p in cls().parameters()), name
-
-
 BAD = {
     "orthogonal K > n": (
         {"model": "logreg", "tangent": "orthogonal", "tangents": 16},

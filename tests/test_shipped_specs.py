@@ -65,3 +65,21 @@ def test_lr_grid_covers_every_model_and_method_over_several_lrs():
 
 def test_test_functions_cover_sphere_rosenbrock_beale():
     assert {m for m, *_ in groups("test-functions")} == {"sphere", "rosenbrock", "beale"}
+
+
+def test_scaling_sweeps_sizes_from_1_to_16384_and_networks_from_100_to_a_million_parameters():
+    plans = load_spec(SWEEPS / "scaling.yaml").trials()
+    configs = {plan.config for plan in plans}
+    sphere = {(c.dim, c.method) for c in configs if c.model == "sphere"}
+    assert sphere == {(2**k, m) for k in range(15) for m in ("forward", "backprop")}
+    for c in configs:
+        if c.model == "sphere" and c.method == "forward":
+            assert c.lr == pytest.approx(1 / (2 * (c.dim + 2)))  # the theory's α* = 1/(n+2)
+            assert c.threshold_relative
+    counts = sorted(c.n_params for c in configs if c.model == "mlp")
+    assert counts[0] < 200 and counts[-1] > 800_000
+    assert {c.resolved_data for c in configs if c.model == "mlp"} == {"penguins", "mnist-t10k"}
+    seeds: Counter = Counter()
+    for plan in plans:
+        seeds[plan.config] += len(plan.seeds)
+    assert min(seeds.values()) >= 30

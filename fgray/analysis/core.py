@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from fgray import experiment, results
 from fgray.analysis import plots as plotting
-from fgray.analysis import report, stats
+from fgray.analysis import report, scaling, stats
 from fgray.analysis.errors import AnalysisError
 from fgray.results import ResultsError
 
@@ -253,6 +253,15 @@ def analyze(
     result = tables(trials, history, keys, loaded.missing, conditional)
     figures, skipped = plotting.make_all(trials, history, keys, result, out_dir, conditional)
     text = report.summary(result, keys, loaded.notes)
+    sizes = scaling.analyze_sizes(
+        trials, history, keys, out_dir, len(figures), result.get("iterations_to_threshold")
+    )
+    if sizes is None:
+        skipped.append("scaling: no grouping key varies a size (dim, hidden or n_params)")
+    else:
+        result.update(sizes.tables)
+        figures += sizes.plots
+        text += "\n\n" + sizes.summary
     seeds = f"{trials[stats.TRIAL_KEYS].drop_duplicates().shape[0]} / {len(trials)}"
     header = {
         "results": ", ".join(paths if not isinstance(paths, str) else [paths]),

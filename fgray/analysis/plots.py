@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from fgray.analysis import incidence, stats
-from fgray.analysis.theory import expected_cosine
-from fgray.config import PARAMETER_COUNTS, TEST_FUNCTIONS
+from fgray.analysis.cosine import expected_cosine
+from fgray.config import TEST_FUNCTIONS, ConfigError, TrainConfig, field_names
 from fgray.functions import FUNCTIONS
 
 METHOD_ORDER = ("backprop", "forward", "forward-per-tensor")
@@ -382,9 +382,18 @@ POOLED_KEYS = ("lr", "optimizer", "momentum")
 MIN_BAND_SEEDS = 5  # iterations where fewer seeds are still running are left out of the band
 
 
+def _n_params(config: dict[str, Any]) -> int | None:
+    """n of a trials row's config (its sizes come from model, data, dim and hidden), or None."""
+    try:
+        values = {k: stats.plain_value(config[k]) for k in field_names() if k in config}
+        return TrainConfig.from_dict(values).n_params
+    except (ConfigError, TypeError, ValueError, KeyError):
+        return None
+
+
 def _theory_cosine(config: dict[str, Any]) -> float | None:
-    """E cos(ĝ, ∇f) for the estimators with a closed form (fgray.analysis.theory), else None."""
-    n = PARAMETER_COUNTS.get(str(config.get("model")))
+    """E cos(ĝ, ∇f) for the estimators with a closed form (fgray.analysis.cosine), else None."""
+    n = _n_params(config)
     method, tangent = config.get("method"), config.get("tangent")
     if n is None or config.get("control_variate") not in (None, "none"):
         return None
@@ -412,7 +421,7 @@ def gradient_cosine(
 ) -> list[Plot]:
     """Median cos(ĝ, ∇f) (10-90% band) vs iteration per estimator, one figure per panel (model and
     the other keys that are neither estimator options nor pooled ones), with the expected value
-    drawn dashed where theory gives one (fgray.analysis.theory)."""
+    drawn dashed where theory gives one (fgray.analysis.cosine)."""
     if (
         "grad_cosine" not in history
         or not np.isfinite(stats.as_floats(history["grad_cosine"])).any()
