@@ -61,11 +61,35 @@ def start_driver(args: list[str], log: Path) -> subprocess.Popen:
     )
 
 
+def session_members(leader: int) -> list[Any]:
+    """Every process in the session a driver from `start_driver` leads (Ray's daemons share its
+    process group; each trial worker has a group of its own in that session)."""
+    import psutil
+    import ray  # noqa: F401  (Ray ships psutil and puts it on the path when imported)
+
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
+            if p.pid != leader and os.getsid(p.pid) == leader:
+                found.append(p)
+    return found
+
+
 def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a driver and every process of its session, and wait until all are gone, so the
+    next driver starts on a machine where none of them is left (an event, not a sleep)."""
+    import psutil
+
+    members = session_members(process.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
-    time.sleep(3)  # let the group's raylet and workers exit before the next driver starts
+    members += session_members(process.pid)  # any started while we looked
+    for p in members:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    _, alive = psutil.wait_procs(members, timeout=60)
+    assert not alive, f"processes survived SIGKILL: {alive}"
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> None:
@@ -83,3 +107,40 @@ def checkpoints(experiment: Path) -> list[Path]:
 
 def result_parts(experiment: Path) -> list[Path]:
     return sorted((experiment / "results" / "trials").glob("[!_]*.parquet"))
+
+
+def resume_points(run: Path) -> dict[str, int]:
+    """What resuming this Tune run must continue from, read from Tune's saved state by Tune's own
+    reader (call it with the driver dead, before resuming): trial name -> the training iteration
+    of the checkpoint Tune will restore, for every trial not finished in that state whose
+    registered checkpoint is still on disk. Every other trial of the run starts from scratch:
+    no checkpoint, a checkpoint Tune never registered, or one its rotation deleted; and no saved
+    state at all (or an unreadable one) means the whole run starts over."""
+    import torch
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(run)).trials
+    except Exception:  # no state saved yet, or a damaged one: resume re-runs from scratch
+        return {}
+    points = {}
+    for trial in trials:
+        checkpoint = trial.checkpoint
+        if trial.status == "TERMINATED" or checkpoint is None:
+            continue
+        state = Path(checkpoint.path) / "loop_state.pt"
+        if state.exists():
+            points[trial.config["plan"]] = int(torch.load(state, weights_only=True)["iteration"])
+    return points
+
+
+def assert_resumed_from(trials: pd.DataFrame, points: dict[str, int]) -> None:
+    """Each trial continued from exactly the checkpoint `resume_points` named, the rest from 0
+    (identical results alone cannot show this: training is deterministic, so a trial that
+    ignored its checkpoint and started over would give the same rows)."""
+    got = trials.groupby("trial_name").restored_from_iteration.agg(lambda s: set(s.tolist()))
+    for name, values in got.items():
+        if name in points:
+            assert values == {points[name]}, (name, values, points)
+        else:
+            assert all(pd.isna(v) for v in values), (name, values, points)
