@@ -38,6 +38,7 @@ EST = "fgray/estimators.py"
 OBJ = "fgray/objective.py"
 LOOP = "fgray/loop.py"
 INC = "fgray/analysis/incidence.py"
+ANALYSIS_TESTS = ["tests/test_analysis_incidence.py", "tests/test_analysis.py"]
 
 MUTANTS: list[Mutant] = [
     # -- the six that an audit found surviving (issue 19) -----------------------------------------
@@ -216,5 +217,38 @@ MUTANTS: list[Mutant] = [
         "each bootstrap resample draws half as many seeds as the group has (intervals too wide)",
         ["tests/test_analysis_incidence.py"],
         (INC, "rng.integers(0, n, size=(b, n))", "rng.integers(0, n, size=(b, max(1, n // 2)))"),
+    ),
+    mutant(
+        "analysis-survival-ignores-divergence",
+        "the Aalen-Johansen survival ignores divergence (diverged seeds stay at risk), so the "
+        "curve climbs past the fraction that reached",
+        ANALYSIS_TESTS,
+        (
+            INC,
+            "survival = np.cumprod(1.0 - h_reach - h_div, axis=1)",
+            "survival = np.cumprod(1.0 - h_reach, axis=1)",
+        ),
+    ),
+    mutant(
+        "analysis-survival-not-lagged",
+        "each event time is weighted by S(u) instead of S(u-), the survival just before it",
+        ANALYSIS_TESTS,
+        (
+            INC,
+            "before = np.concatenate([np.ones((len(weights), 1)), survival[:, :-1]], axis=1)",
+            "before = survival",
+        ),
+    ),
+    mutant(
+        "analysis-median-crossing-strict",
+        "the median is the first time the curve goes strictly above 1/2, not where it reaches it",
+        ANALYSIS_TESTS,
+        (INC, "hit = cif >= fraction - _EPS", "hit = cif > fraction + _EPS"),
+    ),
+    mutant(
+        "analysis-diverged-read-as-censored",
+        "the outcome word 'diverged' maps to the censored event code",
+        ANALYSIS_TESTS,
+        (INC, '"diverged": Event.DIVERGED', '"diverged": Event.CENSORED'),
     ),
 ]
