@@ -149,6 +149,22 @@ MUTANTS: list[Mutant] = [
             "part = part - part.mean(1, keepdim=True)",
         ),
     ),
+    mutant(
+        "activity-bias-gradient-averaged",
+        "activity perturbation averages the bias gradient over the examples instead of summing",
+        ["tests/test_activity.py"],
+        (
+            EST,
+            "return x.transpose(-1, -2) @ delta, delta.sum(-2)",
+            "return x.transpose(-1, -2) @ delta, delta.mean(-2)",
+        ),
+    ),
+    mutant(
+        "activity-per-example-not-averaged",
+        "activity perturbation's per-example directional derivatives are not divided by N",
+        ["tests/test_activity.py"],
+        (EST, "scale = d / d.shape[-1]", "scale = d"),
+    ),
     # -- the training clock ----------------------------------------------------------------------
     mutant(
         "evaluation-timed-as-training",
@@ -177,7 +193,10 @@ MUTANTS: list[Mutant] = [
         "a retried or resumed trial starts from iteration 0 although Tune gave it a checkpoint "
         "(deterministic training makes the results identical anyway)",
         [
-            "tests/test_reliability.py::test_a_sweep_killed_at_any_point_resumes_to_identical_results"
+            "tests/test_reliability.py::"
+            "test_a_sweep_killed_at_any_point_resumes_to_identical_results[half-the-result-parts]",
+            "tests/test_reliability.py::"
+            "test_a_sweep_killed_in_its_second_tune_run_resumes_that_run_to_identical_results",
         ],
         (
             "fgray/trainable.py",
