@@ -190,8 +190,8 @@ MUTANTS: list[Mutant] = [
     ),
     mutant(
         "trainable-ignores-checkpoint",
-        "a retried or resumed trial starts from iteration 0 although Tune gave it a checkpoint "
-        "(deterministic training makes the results identical anyway)",
+        "a retried or resumed trial starts from iteration 0 although it has a checkpoint, Tune's "
+        "or one on disk (deterministic training makes the results identical anyway)",
         [
             "tests/test_reliability.py::"
             "test_a_sweep_killed_at_any_point_resumes_to_identical_results[half-the-result-parts]",
@@ -203,6 +203,7 @@ MUTANTS: list[Mutant] = [
             "    checkpoint = tune.get_checkpoint()\n",
             "    checkpoint = None\n",
         ),
+        ("fgray/trainable.py", "    for uri in candidates:\n", "    for uri in ():\n"),
     ),
     # -- the analysis: time to threshold with divergence a competing risk (issue 17) ----------
     mutant(

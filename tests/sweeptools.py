@@ -109,28 +109,42 @@ def result_parts(experiment: Path) -> list[Path]:
     return sorted((experiment / "results" / "trials").glob("[!_]*.parquet"))
 
 
-def resume_points(run: Path) -> dict[str, int]:
-    """What resuming this Tune run must continue from, read from Tune's saved state by Tune's own
-    reader (call it with the driver dead, before resuming): trial name -> the training iteration
-    of the checkpoint Tune will restore, for every trial not finished in that state whose
-    registered checkpoint is still on disk. Every other trial of the run starts from scratch:
-    no checkpoint, a checkpoint Tune never registered, or one its rotation deleted; and no saved
-    state at all (or an unreadable one) means the whole run starts over."""
+def resume_points(experiment: Path, run: Path | None = None) -> dict[str, int]:
+    """What resuming must continue each trial from, predicted from the files alone (call it with
+    the driver dead, before resuming): trial name -> the training iteration of its checkpoint.
+
+    A trial Tune's saved state lists as unfinished with a registered checkpoint that is still
+    on disk continues from that one (read by Tune's own ExperimentAnalysis); any other trial
+    without results continues from its newest readable checkpoint in the Tune run `run` (the
+    last one; default the experiment itself), if it has one. Every other trial starts from 0."""
     import torch
     from ray.tune import ExperimentAnalysis
 
+    def iteration(checkpoint: Path) -> int | None:
+        try:
+            return int(torch.load(checkpoint / "loop_state.pt", weights_only=True)["iteration"])
+        except Exception:  # missing, cut short by the kill, or not a loop state
+            return None
+
+    run = run or experiment
     try:
-        trials = ExperimentAnalysis(str(run)).trials
-    except Exception:  # no state saved yet, or a damaged one: resume re-runs from scratch
-        return {}
-    points = {}
-    for trial in trials:
-        checkpoint = trial.checkpoint
-        if trial.status == "TERMINATED" or checkpoint is None:
+        tune_trials = ExperimentAnalysis(str(run)).trials
+    except Exception:  # no state saved yet, or a damaged one: nothing registered
+        tune_trials = []
+    points: dict[str, int] = {}
+    for trial in tune_trials:
+        if trial.status != "TERMINATED" and trial.checkpoint is not None:
+            found = iteration(Path(trial.checkpoint.path))
+            if found is not None:
+                points[trial.config["plan"]] = found
+    done = {p.stem for p in result_parts(experiment)}
+    for trial in sorted(d for d in run.iterdir() if d.is_dir()):
+        if trial.name in points or trial.name in done:
             continue
-        state = Path(checkpoint.path) / "loop_state.pt"
-        if state.exists():
-            points[trial.config["plan"]] = int(torch.load(state, weights_only=True)["iteration"])
+        newest_first = sorted(trial.glob("checkpoint_*"), reverse=True)
+        found = next((i for i in map(iteration, newest_first) if i is not None), None)
+        if found is not None:
+            points[trial.name] = found
     return points
 
 

@@ -278,7 +278,7 @@ def test_a_sweep_killed_in_its_second_tune_run_resumes_that_run_to_identical_res
     driver.kill()
     assert driver.process.returncode == -signal.SIGKILL, f"sweep ended first:\n{driver.text()}"
     assert Manifest.load(str(experiment)).runs == ["chunked", "run-0002"]
-    points = resume_points(experiment / "run-0002")
+    points = resume_points(experiment, experiment / "run-0002")
     before = status.experiment_status(str(experiment))
     second = {"g000-s00004-00005", "g000-s00006-00007"}
     third = {"g000-s00008-00009", "g000-s00010-00011"}
