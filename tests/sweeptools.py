@@ -138,7 +138,8 @@ def resume_points(experiment: Path, run: Path | None = None) -> dict[str, int]:
             if found is not None:
                 points[trial.config["plan"]] = found
     done = {p.stem for p in result_parts(experiment)}
-    for trial in sorted(d for d in run.iterdir() if d.is_dir()):
+    trial_dirs = sorted(d for d in run.iterdir() if d.is_dir()) if run.is_dir() else []
+    for trial in trial_dirs:
         if trial.name in points or trial.name in done:
             continue
         newest_first = sorted(trial.glob("checkpoint_*"), reverse=True)
