@@ -133,13 +133,18 @@ def _since(start: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mutants", description=__doc__.split("\n")[0])
     parser.add_argument("-k", dest="match", default="", help="only mutants whose name has this")
+    parser.add_argument("--skip", default=None, help="leave out mutants whose name has this")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="mutants checked at once (1)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per mutant (1800)")
     parser.add_argument("--baseline", action="store_true", help="check tests pass unmutated")
     parser.add_argument("--list", action="store_true", help="describe the mutants and stop")
     parser.add_argument("--applies", action="store_true", help="only check each one applies")
     args = parser.parse_args(argv)
-    chosen = [m for m in MUTANTS if args.match in m.name]
+    chosen = [
+        m
+        for m in MUTANTS
+        if args.match in m.name and (args.skip is None or args.skip not in m.name)
+    ]
     if not chosen:
         parser.error(f"no mutant name contains {args.match!r}; see --list")
     if args.list:

@@ -39,6 +39,7 @@ EST = "fgray/estimators.py"
 OBJ = "fgray/objective.py"
 LOOP = "fgray/loop.py"
 INC = "fgray/analysis/incidence.py"
+ANALYSIS_TESTS = ["tests/test_analysis_incidence.py", "tests/test_analysis.py"]
 
 MUTANTS: list[Mutant] = [
     # -- the six that an audit found surviving (issue 19) -----------------------------------------
@@ -149,6 +150,22 @@ MUTANTS: list[Mutant] = [
             "part = part - part.mean(1, keepdim=True)",
         ),
     ),
+    mutant(
+        "activity-bias-gradient-averaged",
+        "activity perturbation averages the bias gradient over the examples instead of summing",
+        ["tests/test_activity.py"],
+        (
+            EST,
+            "return x.transpose(-1, -2) @ delta, delta.sum(-2)",
+            "return x.transpose(-1, -2) @ delta, delta.mean(-2)",
+        ),
+    ),
+    mutant(
+        "activity-per-example-not-averaged",
+        "activity perturbation's per-example directional derivatives are not divided by N",
+        ["tests/test_activity.py"],
+        (EST, "scale = d / d.shape[-1]", "scale = d"),
+    ),
     # -- the training clock ----------------------------------------------------------------------
     mutant(
         "evaluation-timed-as-training",
@@ -174,16 +191,20 @@ MUTANTS: list[Mutant] = [
     ),
     mutant(
         "trainable-ignores-checkpoint",
-        "a retried or resumed trial starts from iteration 0 although Tune gave it a checkpoint "
-        "(deterministic training makes the results identical anyway)",
+        "a retried or resumed trial starts from iteration 0 although it has a checkpoint, Tune's "
+        "or one on disk (deterministic training makes the results identical anyway)",
         [
-            "tests/test_reliability.py::test_a_sweep_killed_at_any_point_resumes_to_identical_results"
+            "tests/test_reliability.py::"
+            "test_a_sweep_killed_at_any_point_resumes_to_identical_results[half-the-result-parts]",
+            "tests/test_reliability.py::"
+            "test_a_sweep_killed_in_its_second_tune_run_resumes_that_run_to_identical_results",
         ],
         (
             "fgray/trainable.py",
             "    checkpoint = tune.get_checkpoint()\n",
             "    checkpoint = None\n",
         ),
+        ("fgray/trainable.py", "    for uri in candidates:\n", "    for uri in ():\n"),
     ),
     # -- the analysis: time to threshold with divergence a competing risk (issue 17) ----------
     mutant(
@@ -269,5 +290,38 @@ MUTANTS: list[Mutant] = [
             'control_variate="none", cv_decay=0.999, epsilon=1e-3))(loss_fn, self.params, '
             "self.generators)\n",
         ),
+    ),
+    mutant(
+        "analysis-survival-ignores-divergence",
+        "the Aalen-Johansen survival ignores divergence (diverged seeds stay at risk), so the "
+        "curve climbs past the fraction that reached",
+        ANALYSIS_TESTS,
+        (
+            INC,
+            "survival = np.cumprod(1.0 - h_reach - h_div, axis=1)",
+            "survival = np.cumprod(1.0 - h_reach, axis=1)",
+        ),
+    ),
+    mutant(
+        "analysis-survival-not-lagged",
+        "each event time is weighted by S(u) instead of S(u-), the survival just before it",
+        ANALYSIS_TESTS,
+        (
+            INC,
+            "before = np.concatenate([np.ones((len(weights), 1)), survival[:, :-1]], axis=1)",
+            "before = survival",
+        ),
+    ),
+    mutant(
+        "analysis-median-crossing-strict",
+        "the median is the first time the curve goes strictly above 1/2, not where it reaches it",
+        ANALYSIS_TESTS,
+        (INC, "hit = cif >= fraction - _EPS", "hit = cif > fraction + _EPS"),
+    ),
+    mutant(
+        "analysis-diverged-read-as-censored",
+        "the outcome word 'diverged' maps to the censored event code",
+        ANALYSIS_TESTS,
+        (INC, '"diverged": Event.DIVERGED', '"diverged": Event.CENSORED'),
     ),
 ]

@@ -61,11 +61,35 @@ def start_driver(args: list[str], log: Path) -> subprocess.Popen:
     )
 
 
+def session_members(leader: int) -> list[Any]:
+    """Every process in the session a driver from `start_driver` leads (Ray's daemons share its
+    process group; each trial worker has a group of its own in that session)."""
+    import psutil
+    import ray  # noqa: F401  (Ray ships psutil and puts it on the path when imported)
+
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
+            if p.pid != leader and os.getsid(p.pid) == leader:
+                found.append(p)
+    return found
+
+
 def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a driver and every process of its session, and wait until all are gone, so the
+    next driver starts on a machine where none of them is left (an event, not a sleep)."""
+    import psutil
+
+    members = session_members(process.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
-    time.sleep(3)  # let the group's raylet and workers exit before the next driver starts
+    members += session_members(process.pid)  # any started while we looked
+    for p in members:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    _, alive = psutil.wait_procs(members, timeout=60)
+    assert not alive, f"processes survived SIGKILL: {alive}"
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> None:
@@ -83,3 +107,55 @@ def checkpoints(experiment: Path) -> list[Path]:
 
 def result_parts(experiment: Path) -> list[Path]:
     return sorted((experiment / "results" / "trials").glob("[!_]*.parquet"))
+
+
+def resume_points(experiment: Path, run: Path | None = None) -> dict[str, int]:
+    """What resuming must continue each trial from, predicted from the files alone (call it with
+    the driver dead, before resuming): trial name -> the training iteration of its checkpoint.
+
+    A trial Tune's saved state lists as unfinished with a registered checkpoint that is still
+    on disk continues from that one (read by Tune's own ExperimentAnalysis); any other trial
+    without results continues from its newest readable checkpoint in the Tune run `run` (the
+    last one; default the experiment itself), if it has one. Every other trial starts from 0."""
+    import torch
+    from ray.tune import ExperimentAnalysis
+
+    def iteration(checkpoint: Path) -> int | None:
+        try:
+            return int(torch.load(checkpoint / "loop_state.pt", weights_only=True)["iteration"])
+        except Exception:  # missing, cut short by the kill, or not a loop state
+            return None
+
+    run = run or experiment
+    try:
+        tune_trials = ExperimentAnalysis(str(run)).trials
+    except Exception:  # no state saved yet, or a damaged one: nothing registered
+        tune_trials = []
+    points: dict[str, int] = {}
+    for trial in tune_trials:
+        if trial.status != "TERMINATED" and trial.checkpoint is not None:
+            found = iteration(Path(trial.checkpoint.path))
+            if found is not None:
+                points[trial.config["plan"]] = found
+    done = {p.stem for p in result_parts(experiment)}
+    trial_dirs = sorted(d for d in run.iterdir() if d.is_dir()) if run.is_dir() else []
+    for trial in trial_dirs:
+        if trial.name in points or trial.name in done:
+            continue
+        newest_first = sorted(trial.glob("checkpoint_*"), reverse=True)
+        found = next((i for i in map(iteration, newest_first) if i is not None), None)
+        if found is not None:
+            points[trial.name] = found
+    return points
+
+
+def assert_resumed_from(trials: pd.DataFrame, points: dict[str, int]) -> None:
+    """Each trial continued from exactly the checkpoint `resume_points` named, the rest from 0
+    (identical results alone cannot show this: training is deterministic, so a trial that
+    ignored its checkpoint and started over would give the same rows)."""
+    got = trials.groupby("trial_name").restored_from_iteration.agg(lambda s: set(s.tolist()))
+    for name, values in got.items():
+        if name in points:
+            assert values == {points[name]}, (name, values, points)
+        else:
+            assert all(pd.isna(v) for v in values), (name, values, points)

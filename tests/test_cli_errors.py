@@ -180,17 +180,17 @@ def test_nan_or_inf_in_the_data_is_refused_naming_the_split(monkeypatch):
     )
 
 
-def test_a_trainer_given_nan_data_directly_never_reports_success():
+def test_a_trainer_given_nan_data_directly_refuses_it_naming_the_split():
+    # (It used to accept either refusal or an all-diverged run; the trainer always refuses, so
+    # the other branch was never exercised.)
     config = TrainConfig(model="logreg", lr=0.1, threshold=0.3, max_iters=20)
-    try:
-        trainer = PopulationTrainer(config, [0, 1, 2], data=nan_penguins())
-    except DataError as error:  # refusing the data up front is the better answer
-        assert "NaN" in str(error)
-        return
-    trainer.run()
-    frame = trainer.results_frame()
-    assert (frame.outcome == "diverged").all()
-    assert (frame.iterations_run == 0).all()
+
+    with pytest.raises(DataError) as error:
+        PopulationTrainer(config, [0, 1, 2], data=nan_penguins())
+
+    assert str(error.value) == (
+        "penguins: 2 train examples contain NaN or inf; clean the data before training"
+    )
 
 
 @pytest.mark.parametrize(

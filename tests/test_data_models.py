@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from fgray.config import TrainConfig
+from fgray.config import TEST_FUNCTIONS, TrainConfig
 from fgray.data import PENGUIN_FEATURES, DataError, load_data, mnist, mnist_t10k, penguins, t10k_dir
 from fgray.loop import PopulationTrainer
 from fgray.models import build_model, init_params, init_population
@@ -165,10 +165,9 @@ def test_a_population_computes_each_seed_as_if_alone(name, single_shape):
     model = build_model(name)
     seeds = [0, 1, 2, 3]
     population = init_population(model, seeds)
-    if name in ("sphere", "rosenbrock", "beale"):  # one fixed start: spread the seeds apart
-        population = {
-            "xy": population["xy"] + torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
-        }
+    spread = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    if name in TEST_FUNCTIONS:  # one fixed start: spread the seeds apart
+        population = {"xy": population["xy"] + spread}
 
     together = functional_call(model, population, inputs_for(name))
 
@@ -178,9 +177,10 @@ def test_a_population_computes_each_seed_as_if_alone(name, single_shape):
         logits = functional_call(model, alone, inputs_for(name))
         assert logits.shape == single_shape
         torch.testing.assert_close(together[i], logits)
-        if name not in ("sphere", "rosenbrock", "beale"):
-            own = init_params(model, torch.Generator().manual_seed(seed))
-            assert all(torch.equal(own[k], alone[k]) for k in own)
+        own = init_params(model, torch.Generator().manual_seed(seed))  # as if initialised alone
+        own = {k: v + spread[i] for k, v in own.items()} if name in TEST_FUNCTIONS else own
+        assert own.keys() == alone.keys()
+        assert all(torch.equal(own[k], alone[k]) for k in own)
 
 
 def test_the_cnn_population_also_takes_per_seed_image_batches():

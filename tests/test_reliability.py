@@ -3,7 +3,8 @@ result exactly once, or says precisely what is missing and how to get it.
 
 - a driver SIGKILLed together with every Ray process it started, at any of five points (Tune set up
   but no trial run, first checkpoint, a result part half written, half the parts, all the parts),
-  is brought by `fgray resume` to results identical to an uninterrupted run;
+  is brought by `fgray resume` to results identical to an uninterrupted run, every trial that Tune
+  had a checkpoint for continuing from exactly that checkpoint;
 - trial processes killed mid-trial are retried from their checkpoints, or from iteration 0 when
   a checkpoint is truncated or hostile (refused, never run), with the same results;
 - a truncated Parquet part is named by status, analyze and resume, and resume re-runs its trial;
@@ -18,8 +19,9 @@ result exactly once, or says precisely what is missing and how to get it.
 - a driver killed in the second of three Tune runs (`trials_per_run`) resumes that run from its
   checkpoints and then runs the third; a checkpoint that Tune's saved state names but that is gone
   from disk (its rotation racing the kill) restarts that trial from scratch;
-- load: 2,000 seeds in 200 trials on 2 CPUs finish, the time per trial as flat at the end as at
-  the start, and the driver's memory flat: never more than one Tune run's trials alive in it.
+- load: 2,000 seeds in 200 trials on 2 CPUs finish, every seed once, in four Tune runs, with never
+  more than one Tune run's trials alive in the driver (time per trial and the driver's memory
+  are measured by benchmarks/load.py, not asserted here).
 
 Every test runs real Ray and real files. Processes are found and signalled only among those this
 test session started (its own children, or the session of a driver it started).
@@ -44,9 +46,11 @@ import pytest
 import ray
 import torch
 from sweeptools import (
+    assert_resumed_from,
     comparable_history,
     comparable_trials,
     result_parts,
+    resume_points,
     start_driver,
     write_spec,
 )
@@ -241,9 +245,11 @@ def test_a_sweep_killed_at_any_point_resumes_to_identical_results(tmp_path, refe
     )
     driver.kill()
     assert driver.process.returncode == -signal.SIGKILL, f"sweep ended first:\n{driver.text()}"
+    points = resume_points(experiment)
 
     assert main(["resume", str(experiment), *RESUME]) == 0
-    assert_same_results(experiment, reference)
+    trials = assert_same_results(experiment, reference)
+    assert_resumed_from(trials, points)  # trials with a checkpoint continued from it
     report = status.experiment_status(str(experiment))
     assert report.state == "finished" and report.seeds["all"]["done"] == KILL["seeds"]
 
@@ -272,6 +278,7 @@ def test_a_sweep_killed_in_its_second_tune_run_resumes_that_run_to_identical_res
     driver.kill()
     assert driver.process.returncode == -signal.SIGKILL, f"sweep ended first:\n{driver.text()}"
     assert Manifest.load(str(experiment)).runs == ["chunked", "run-0002"]
+    points = resume_points(experiment, experiment / "run-0002")
     before = status.experiment_status(str(experiment))
     second = {"g000-s00004-00005", "g000-s00006-00007"}
     third = {"g000-s00008-00009", "g000-s00010-00011"}
@@ -285,6 +292,7 @@ def test_a_sweep_killed_in_its_second_tune_run_resumes_that_run_to_identical_res
     continued = trials[trials.restored_from_iteration.notna()]
     assert set(continued.trial_name) <= second
     assert len(continued) > 0 and (continued.restored_from_iteration > 0).all()
+    assert_resumed_from(trials, points)
 
 
 @pytest.mark.slow
@@ -353,6 +361,19 @@ def checkpoints_of_running(experiment: Path) -> dict[str, list[Path]]:
     return found
 
 
+def reported(files: list[Path]) -> list[Path]:
+    """Those of a trial's checkpoint files whose report the driver has processed (Tune's
+    result.json names the checkpoint directory of each report), oldest first."""
+    if not files:
+        return []
+    names = set()
+    with contextlib.suppress(FileNotFoundError):
+        for line in (files[0].parent.parent / "result.json").read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                names.add(json.loads(line).get("checkpoint_dir_name"))
+    return [f for f in files if f.parent.name in names]
+
+
 @pytest.mark.slow
 def test_killed_trial_processes_resume_from_checkpoints_or_restart_if_damaged(tmp_path, reference):
     """Both running trials' processes are SIGKILLed; one trial's checkpoints are intact, the
@@ -367,22 +388,26 @@ def test_killed_trial_processes_resume_from_checkpoints_or_restart_if_damaged(tm
     try:
         thread, outcome = launch_in_thread(spec)
 
-        def two_trials_checkpointed_twice() -> bool:
+        def two_trials_with_two_reported_checkpoints() -> bool:
             running = checkpoints_of_running(experiment)
-            return sum(len(files) >= 2 for files in running.values()) >= 2
+            return sum(len(reported(files)) >= 2 for files in running.values()) >= 2
 
-        wait_until(two_trials_checkpointed_twice, 240, "two trials with two checkpoints", 0.01)
+        wait_until(two_trials_with_two_reported_checkpoints, 240, "two reported twice", 0.01)
         workers = trial_workers()
         for worker in workers:  # freeze the trials: they write no checkpoint from here on
             worker.send_signal(signal.SIGSTOP)
-        time.sleep(1.0)  # the driver may still register one and delete the oldest (num_to_keep)
+        # No wait for the driver to settle: every checkpoint file of the damaged trial is damaged,
+        # so whichever Tune restores (it may still register one that was in flight) is bad; the
+        # hostile pickle goes into the newest one the driver has certainly registered.
         running = checkpoints_of_running(experiment)
-        intact, damaged = sorted(running, key=lambda name: len(running[name]), reverse=True)[:2]
-        *older, newest = running[damaged]
-        for f in older:
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        intact, damaged = sorted(
+            running, key=lambda name: len(reported(running[name])), reverse=True
+        )[:2]
+        newest = reported(running[damaged])[-1]
+        for f in running[damaged]:
+            if f != newest:
+                f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
         torch.save({"version": 1, "payload": Hostile(marker)}, newest)
-        assert all(f.exists() for f in running[damaged]), "Tune removed a checkpoint meanwhile"
         for worker in workers:
             worker.send_signal(signal.SIGKILL)
         thread.join(timeout=400)
@@ -498,32 +523,48 @@ def test_a_deleted_experiment_gets_a_clear_message_not_a_traceback(tmp_path, ref
 # -- one driver per experiment ---------------------------------------------------------------------
 CONTENDER = """
 import sys, time
+from pathlib import Path
 from fgray import experiment
-uri, start = sys.argv[1], float(sys.argv[2])
-while time.time() < start:
-    time.sleep(0.0005)
+uri, sync, me, everyone = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+
+def wait_for(condition):
+    deadline = time.monotonic() + 120
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+(sync / f"ready-{me}").touch()
+wait_for((sync / "go").exists)  # all start at once, whatever the machine's load
 try:
     with experiment.experiment_lock(uri):
+        (sync / f"tried-{me}").touch()
+        # hold the lock until every contender has tried (an event, not a duration)
+        wait_for(lambda: len(list(sync.glob("tried-*"))) == everyone)
         print("took", flush=True)
-        time.sleep(1.0)
 except experiment.ExperimentError as exc:
+    (sync / f"tried-{me}").touch()
     print(exc, flush=True)
 """
 
 
 def test_drivers_starting_at_the_same_instant_get_the_lock_once(tmp_path):
+    """Six processes wait, imported, for one signal and then all take the lock at once; the one
+    that gets it holds it until the other five have tried."""
+    n = 6
     for attempt in range(3):
         uri = str(tmp_path / f"exp{attempt}")
-        start = time.time() + 4  # every contender imported and waiting by then
+        sync = tmp_path / f"sync{attempt}"
+        sync.mkdir()
         contenders = [
             subprocess.Popen(
-                [sys.executable, "-c", CONTENDER, uri, str(start)],
+                [sys.executable, "-c", CONTENDER, uri, str(sync), str(i), str(n)],
                 stdout=subprocess.PIPE,
                 text=True,
             )
-            for _ in range(6)
+            for i in range(n)
         ]
-        got = [c.communicate(timeout=120)[0].strip() for c in contenders]
+        wait_until(lambda s=sync: len(list(s.glob("ready-*"))) == n, 120, "contenders ready", 0.01)
+        (sync / "go").touch()
+        got = [c.communicate(timeout=180)[0].strip() for c in contenders]
         assert got.count("took") == 1, got
         assert all("in use by" in g for g in got if g != "took"), got
         assert not (Path(uri) / LOCK).exists()
@@ -631,10 +672,14 @@ LOAD_SCALE = 10 if os.environ.get("FGRAY_LOAD_TEST") == "1" else 1  # 2,000 tria
 
 
 @pytest.mark.slow
-def test_a_2000_seed_200_trial_sweep_keeps_per_trial_time_and_driver_memory_flat(tmp_path):
+def test_a_2000_seed_200_trial_sweep_runs_as_4_tune_runs_never_holding_more_than_one_runs_trials(
+    tmp_path,
+):
     """Tune keeps every trial of a run in the driver (about 0.1-0.2 MB each), so fgray runs a
-    sweep as consecutive Tune runs of `trials_per_run` trials: here 200 trials in runs of 50.
-    Measured from the first finished trial to the end (benchmarks/load.py, as in BENCHMARKS.md)."""
+    sweep as consecutive Tune runs of `trials_per_run` trials: here 200 trials in runs of 50, and
+    the driver never holds more than one run's trials. Whether time per trial and the driver's
+    memory then stay flat is measured, not asserted, by benchmarks/load.py (BENCHMARKS.md,
+    section 6, with the bounds this test used to assert)."""
     n_trials = 200 * LOAD_SCALE
     per_run = n_trials // 4
     figures = run_load(tmp_path, seeds_per_group=n_trials * 5, trials_per_run=per_run)
@@ -644,9 +689,3 @@ def test_a_2000_seed_200_trial_sweep_keeps_per_trial_time_and_driver_memory_flat
     assert figures["tune_runs"] == 4, figures
     # Bounded by the run, not the sweep: never more than one run's trials alive at once.
     assert figures["live_trials_max"] <= per_run, figures
-    # A fixed allowance, whatever the number of trials (one run of 200 grows ~18 MB here,
-    # one of 2,000 ~180-340 MB).
-    assert figures["rss_end"] - figures["rss_first_trial_done"] < 40e6, figures
-    early = figures["seconds_between_completions_early"]
-    assert figures["seconds_between_completions_late"] < 3 * early + 0.05, figures
-    assert figures["state_save_seconds"] < 0.1 * figures["wall_seconds"], figures

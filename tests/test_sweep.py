@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,13 @@ import ray
 import yaml
 from sweeptools import (
     FGRAY,
+    assert_resumed_from,
     checkpoints,
     comparable_history,
     comparable_trials,
     kill_group,
     result_parts,
+    resume_points,
     start_driver,
     wait_for,
     write_spec,
@@ -194,16 +195,11 @@ def test_sigkilled_driver_resumes_to_identical_results(tmp_path):
     driver = start_driver(
         ["sweep", str(path), "--num-cpus", "2", "--verbose", "0"], tmp_path / "sweep.log"
     )
-    # Tune registers a trial's checkpoints in its saved state every second checkpoint
-    # (num_to_keep=2): wait for one trial to have two, then a moment for the state to be written.
-    wait_for(
-        lambda: any(len(list(d.glob("checkpoint_*"))) >= 2 for d in experiment.glob("g*")),
-        120,
-        "a trial with two checkpoints",
-    )
-    time.sleep(0.5)
+    # Wait until an unfinished trial has a checkpoint to continue from, then kill.
+    wait_for(lambda: resume_points(experiment), 120, "an unfinished trial's checkpoint")
     assert len(result_parts(experiment)) < 8, "sweep finished before it could be interrupted"
     kill_group(driver)
+    points = resume_points(experiment)
 
     resumed = start_driver(
         ["resume", str(experiment), "--num-cpus", "2", "--verbose", "0"], tmp_path / "resume.log"
@@ -211,7 +207,8 @@ def test_sigkilled_driver_resumes_to_identical_results(tmp_path):
     assert resumed.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     got = results.load(str(experiment))
     _assert_same_results(got, reference)
-    assert got[0].restored_from_iteration.notna().any(), "no trial continued from a checkpoint"
+    assert points, "no unfinished trial had a checkpoint when the driver died"
+    assert_resumed_from(got[0], points)  # each continued from exactly that checkpoint
 
 
 @pytest.fixture
