@@ -6,7 +6,7 @@
     python -m benchmarks.run --only sweep --big         # also 10,000 logreg seeds through Ray
     python -m benchmarks.run --only load --big          # 2,000 trials instead of 200
 
-Sections: step, population, sweep, stability, load; the target table is always written, from
+Sections: step, population, sweep, stability, load, cli; the target table is always written, from
 whichever sections ran. `--json PATH` also saves every raw number.
 """
 
@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import load, population, stability, step, sweep, targets
+from benchmarks import cli, load, population, stability, step, sweep, targets
 from benchmarks.common import Settings, error_message, machine, table
 from fgray.runtime import keep_large_allocations
 
-SECTIONS = {module.NAME: module for module in (step, population, sweep, stability, load)}
+SECTIONS = {module.NAME: module for module in (step, population, sweep, stability, load, cli)}
 
 
 def parse_sections(values: Sequence[str] | None) -> list[str]:
@@ -125,6 +125,8 @@ def render(report: dict[str, Any], command: str) -> str:
             out += ["", _render_section(name, sections[name])]
     # The reading of the figures (profiles, limits) is prose kept beside the code that measures.
     out += ["", (Path(__file__).parent / "limits.md").read_text(encoding="utf-8").rstrip()]
+    if cli.NAME in sections:
+        out += ["", _render_section(cli.NAME, sections[cli.NAME])]
     return "\n".join(out) + "\n"
 
 

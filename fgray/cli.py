@@ -2,6 +2,10 @@
 
 Usage errors (a wrong flag, a bad value, a malformed spec) print one line naming what is wrong after
 the usage line and exit with code 2; runtime failures (missing data, unwritable storage) exit 1.
+
+This module imports only the standard library and `fgray.config` at the top: the parser and its
+help text come from TrainConfig's metadata, and each subcommand imports what it needs when it runs,
+so `fgray --help`, a usage error and `fgray status` never load torch, scipy or matplotlib.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ import argparse
 import dataclasses
 import math
 import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from fgray.config import ConfigError, TrainConfig
@@ -20,6 +26,7 @@ from fgray.config import parse_seeds as config_seeds
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+INT64_MAX = 2**63 - 1  # seeds and integer options are stored in int64 Parquet columns
 
 
 class UsageError(Exception):
@@ -34,6 +41,25 @@ def parse_seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _bounded_int(low: int, high: int, what: str = "") -> Any:
+    """An argparse type: an int in [low, high], with a one-line error (never an overflow later)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text[:60]!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value if len(str(value)) <= 30 else str(value)[:27] + '...'} is out of range: "
+                f"between {low} and {high}{what}"
+            )
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its messages
+    return parse
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, so every option of the loop is reachable."""
     defaults = TrainConfig()
@@ -45,7 +71,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if base == "bool":
             parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
             continue
-        kind = {"int": int, "float": float, "str": str}[base]
+        kind = {"int": _bounded_int(-INT64_MAX, INT64_MAX), "float": float, "str": str}[base]
         parser.add_argument(
             flag,
             dest=f.name,
@@ -75,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=[0],
         help="seeds to train together, e.g. 0-31 (default: 0)",
     )
+    cpus = os.cpu_count() or 1
     run.add_argument(
         "--threads",
-        type=int,
+        type=_bounded_int(1, cpus, " (this machine's CPUs)"),
         default=1,
         help="torch CPU threads (default: 1, fastest for the penguins models and immune to "
         "oversubscription stalls; a Ray trial uses its resources.cpu)",
@@ -176,7 +203,10 @@ def _add_ray_flags(parser: argparse.ArgumentParser) -> None:
         "or a local Ray on this machine)",
     )
     parser.add_argument(
-        "--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)"
+        "--num-cpus",
+        type=_bounded_int(1, 1_000_000),
+        default=None,
+        help="CPUs for a local Ray (default: all)",
     )
     parser.add_argument(
         "--verbose",
@@ -264,17 +294,33 @@ def _fmt(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
+def check_out(path: str) -> None:
+    """Refuse an `--out` that cannot be written before training, not after it (the history
+    lives only in memory until then)."""
+    full = os.path.abspath(os.path.expanduser(path))
+    parent = os.path.dirname(full)
+    if os.path.isdir(full):
+        raise UsageError(f"--out {path}: is a directory; give a file name like run.parquet")
+    if not os.path.isdir(parent):
+        raise UsageError(f"--out {path}: directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK) or (
+        os.path.exists(full) and not os.access(full, os.W_OK)
+    ):
+        raise UsageError(f"--out {path}: cannot write there (permission denied)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig.from_dict(values)
+    if args.out:
+        check_out(args.out)
+
     import torch
 
     from fgray import cost
     from fgray.loop import PopulationTrainer
     from fgray.runtime import keep_large_allocations
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig.from_dict(values)
-    if args.threads < 1:
-        raise UsageError("--threads must be >= 1")
     torch.set_num_threads(args.threads)
     keep_large_allocations()
     trainer = PopulationTrainer(config, args.seeds)
@@ -293,7 +339,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.out:
         history = trainer.history_frame()
-        history.to_parquet(args.out, index=False)
+        history.to_parquet(os.path.expanduser(args.out), index=False)
         print(f"history: {len(history)} rows -> {args.out}")
     return 0
 
@@ -308,6 +354,12 @@ def _report_sweep(outcome: Any) -> int:
         print(f"  trial {name} failed: {error}")
     for part, why in outcome.corrupt.items():
         print(f"  damaged part {part}: {why}")
+    tunelog = sys.modules.get("fgray.tunelog")
+    if tunelog is not None and tunelog.hidden and tunelog.log_path:
+        print(
+            f"({tunelog.hidden} message(s) of Ray Tune's about situations fgray handled are "
+            f"in {tunelog.log_path})"
+        )
     if not outcome.finished:
         print(f"not finished: continue with `fgray resume {uri}`")
         return EXIT_FAILURE
@@ -315,13 +367,46 @@ def _report_sweep(outcome: Any) -> int:
     return 0
 
 
-def _with_resume_hint(uri: str, action: Any) -> int:
-    """Run a sweep action; on Ctrl-C, or storage failing under it, say exactly how to continue."""
+class _Signals:
+    """SIGTERM (what `kill`, `timeout` and batch schedulers send) handled as Ctrl-C: Ray Tune
+    stops the run cleanly and saves its state, and the resume command is printed."""
+
+    received: int | None = None
+
+    @classmethod
+    def on_sigterm(cls, signum: int, frame: Any) -> None:
+        cls.received = signum
+        handler = signal.getsignal(signal.SIGINT)  # Tune's own while it runs
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, _Signals.on_sigterm)
+    _Signals.received = None
     try:
-        return _report_sweep(action())
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _with_resume_hint(uri: str, action: Any) -> int:
+    """Run a sweep action; on Ctrl-C or SIGTERM stop cleanly, and on storage failing under it,
+    say exactly how to continue."""
+    try:
+        with _sigterm_as_ctrl_c():
+            code = _report_sweep(action())
+        if _Signals.received and code != 0:
+            print(f"\nterminated: continue with `fgray resume {uri}`", file=sys.stderr)
+            return 128 + _Signals.received
+        return code
     except KeyboardInterrupt:
-        print(f"\ninterrupted: continue with `fgray resume {uri}`", file=sys.stderr)
-        return 130
+        what = "terminated" if _Signals.received else "interrupted"
+        print(f"\n{what}: continue with `fgray resume {uri}`", file=sys.stderr)
+        return 128 + (_Signals.received or signal.SIGINT)
     except OSError as exc:  # e.g. the object store went away mid-sweep
         print(f"error: {exc}", file=sys.stderr)
         print(
@@ -331,21 +416,26 @@ def _with_resume_hint(uri: str, action: Any) -> int:
         )
         return EXIT_FAILURE
     finally:
-        import ray
-
-        if ray.is_initialized():
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
             ray.shutdown()
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fgray import sweep
-    from fgray.spec import load_spec
+    from fgray.spec import load_spec, with_storage
 
     spec = load_spec(args.spec)
-    if args.storage:
-        spec = dataclasses.replace(spec, storage=args.storage)
+    if args.storage is not None:
+        try:
+            spec = with_storage(spec, args.storage)
+        except ValueError as exc:
+            raise UsageError(f"--storage: {exc}") from None
+    args.experiment_uri = spec.experiment_uri()
+
+    from fgray import sweep
+
     return _with_resume_hint(
-        spec.experiment_uri(),
+        args.experiment_uri,
         lambda: sweep.launch(
             spec,
             address=args.address,
@@ -360,7 +450,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from fgray import results, sweep
 
-    uri = results.locate(args.path).uri
+    uri = args.experiment_uri = results.locate(args.path).uri
     return _with_resume_hint(
         uri,
         lambda: sweep.resume(
@@ -398,13 +488,79 @@ def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from fgray.analysis import AnalysisError
-    from fgray.data import DataError
-    from fgray.results import ResultsError
-    from fgray.spec import SpecError
-    from fgray.sweep import SweepError
+class _ReaderGone:
+    """A stdout/stderr that survives its reader leaving (`fgray sweep SPEC | head -5`): the first
+    write after the pipe closes points the descriptor at /dev/null, and the sweep goes on (its
+    results are on disk, not in the output). Ray Tune and Ray's log monitor print from threads
+    deep inside the sweep, so catching BrokenPipeError at the top could only abort it."""
 
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+            self._stream.flush()  # what was buffered goes to /dev/null now
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _streams_that_survive_their_reader() -> Iterator[None]:
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ReaderGone(sys.stdout), _ReaderGone(sys.stderr)
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stdout, sys.stderr = saved
+
+
+# Exceptions that carry a one-line message for the user, by the module that defines them. Only
+# modules already imported can have raised one, so `main` never imports a module (and torch,
+# scipy or matplotlib with it) just to name its exception.
+USAGE_ERRORS = {
+    "fgray.spec": "SpecError",
+    "fgray.experiment": "ExperimentError",
+    "fgray.sweep": "SweepError",
+    "fgray.analysis.errors": "AnalysisError",
+}
+RUNTIME_ERRORS = {"fgray.data": "DataError"}
+
+
+def _loaded(errors: dict[str, str]) -> tuple[type[BaseException], ...]:
+    found = (getattr(sys.modules.get(module), name, None) for module, name in errors.items())
+    return tuple(cls for cls in found if isinstance(cls, type))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    with _streams_that_survive_their_reader():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     sub = _subparser(parser, args.command)
@@ -412,27 +568,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return int(args.handler(args) or 0)
-    except (UsageError, ConfigError, SpecError, SweepError, AnalysisError, ResultsError) as exc:
+    except (UsageError, ConfigError, *_loaded(USAGE_ERRORS)) as exc:
         sub.print_usage(sys.stderr)
         print(f"fgray {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # storage gone or unwritable mid-run: one line, what is written stays
         print(f"fgray {args.command}: error: {exc}", file=sys.stderr)
-        if args.command in ("sweep", "resume"):
+        uri = getattr(args, "experiment_uri", None)
+        if uri:
             print(
-                "results already written are kept; `fgray status PATH` shows what is left",
+                f"results already written are kept; `fgray status {uri}` shows what is left",
                 file=sys.stderr,
             )
         return EXIT_FAILURE
-    except DataError as exc:
+    except _loaded(RUNTIME_ERRORS) as exc:
         print(f"fgray {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"\nfgray {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `fgray run ... | head`: the reader left, nothing is wrong
-        sys.stderr.close()
-        return 0
 
 
 if __name__ == "__main__":

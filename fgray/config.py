@@ -49,6 +49,12 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+        self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Rebuild from the two arguments, not from `args` (the joined text): Ray pickles a
+        # trial's exception to carry it to the driver, and copy.copy uses the same protocol.
+        return type(self), (self.key, self.message)
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:

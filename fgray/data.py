@@ -29,6 +29,14 @@ T10K_FILES = {
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MNIST_TRAIN_IMAGES, MNIST_TEST_IMAGES = 60_000, 10_000
+# What torchvision's MNIST reads under its root (the .gz downloads are unpacked to these).
+MNIST_RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 class DataError(RuntimeError):
@@ -70,6 +78,45 @@ def load_data(config: TrainConfig) -> Dataset | None:
         )
     check_finite(data)
     return data.to(config.device)
+
+
+def check_available(config: TrainConfig, files: bool = True) -> int | None:
+    """Training examples a trial of `config` would get, found without loading the images, or a
+    DataError saying why it would get none: sizes beyond the data set, and (with `files`, where
+    the driver's disk is the trials' disk) MNIST files that are not there. Checked before a
+    sweep launches, so a spec that can never run is refused in a second, not after its retries."""
+    name = config.resolved_data
+    if name == "none":
+        return None
+    if name == "penguins":
+        return len(penguins(config.data_seed, config.test_fraction).y_train)
+    if name == "mnist-t10k":
+        if config.train_size + config.test_size > MNIST_TEST_IMAGES:
+            raise DataError(
+                f"mnist-t10k has {MNIST_TEST_IMAGES} images; train_size {config.train_size} + "
+                f"test_size {config.test_size} is more: lower them"
+            )
+        return config.train_size
+    if config.train_size > MNIST_TRAIN_IMAGES or config.test_size > MNIST_TEST_IMAGES:
+        raise DataError(
+            f"MNIST has {MNIST_TRAIN_IMAGES} train / {MNIST_TEST_IMAGES} test images; "
+            f"train_size {config.train_size} / test_size {config.test_size} is more"
+        )
+    if files and not config.download:
+        root = config.data_root or default_mnist_root()
+        raw = os.path.join(root, "MNIST", "raw")
+        missing = [f for f in MNIST_RAW_FILES if not os.path.isfile(os.path.join(raw, f))]
+        if not os.path.isdir(root):
+            raise DataError(
+                f"MNIST not found: data_root {root} does not exist; set data_root to where "
+                "MNIST is, set download: true to fetch it, or use data: mnist-t10k offline"
+            )
+        if missing:
+            raise DataError(
+                f"MNIST not found under {root} (no {os.path.join(raw, missing[0])}); set "
+                "download: true to fetch it, or use data: mnist-t10k offline"
+            )
+    return config.train_size
 
 
 def check_finite(data: Dataset) -> None:
@@ -207,6 +254,11 @@ def mnist(
         raise DataError(f"MNIST not found under {root} ({exc}); {hint}") from None
     except OSError as exc:
         raise DataError(f"MNIST under {root} could not be read or written ({exc})") from None
+    except (ValueError, KeyError, IndexError, EOFError) as exc:  # files cut short or not MNIST
+        raise DataError(
+            f"MNIST under {root} is damaged ({type(exc).__name__}: {exc}); delete "
+            f"{os.path.join(root, 'MNIST')} and download it again"
+        ) from None
     generator = torch.Generator().manual_seed(data_seed)
     if train_size > len(train_set.targets) or test_size > len(test_set.targets):
         raise DataError(

@@ -22,9 +22,8 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -37,6 +36,9 @@ from fgray.spec import PlannedTrial
 # Results live in the experiment directory: their errors are the experiment's (the old name stays
 # for the code that catches it, analysis included).
 ResultsError = ExperimentError
+
+if TYPE_CHECKING:  # pandas is imported by pyarrow's to_pandas when a frame is built, so that
+    import pandas as pd  # `fgray status`, which builds none, does not pay its import (~1 s)
 
 RESULTS_DIR = "results"
 TRIALS = "trials"
@@ -138,6 +140,8 @@ HISTORY_SCHEMA = pa.schema(
 # -- rows --------------------------------------------------------------------------------------
 def seed_rows(seeds: Sequence[SeedResult], seconds_per_iteration: float) -> pd.DataFrame:
     """One row per seed of a population: what `fgray run` prints, and a trial's rows' start."""
+    import pandas as pd
+
     frame = pd.DataFrame([dataclasses.asdict(r) for r in seeds])
     frame["population_size"] = len(seeds)
     frame["seconds_per_iteration"] = seconds_per_iteration
@@ -163,6 +167,8 @@ def trial_rows(
 
 def error_rows(plan: PlannedTrial, message: str) -> pd.DataFrame:
     """A failed trial's trials rows: every seed, outcome `error`, and why."""
+    import pandas as pd
+
     frame = pd.DataFrame({"seed": list(plan.seeds)})
     frame["outcome"], frame["error"] = Outcome.ERROR.value, message
     frame["population_size"] = len(plan.seeds)
@@ -233,6 +239,8 @@ def write_trial(
 
 def write_error(plan: PlannedTrial, message: str) -> None:
     """Record a trial that failed for good: its error rows, and no history."""
+    import pandas as pd
+
     write_trial(plan.experiment_uri, plan.name, error_rows(plan, message), pd.DataFrame())
 
 
@@ -267,7 +275,10 @@ def _iter_parts(
     for info in _parts(loc):
         name = _trial_of(info.base_name)
         try:
-            table = pq.read_table(info.path, filesystem=loc.fs)
+            # ParquetFile reads one file without the dataset machinery of read_table: 3x
+            # faster per small part, which is most of `fgray status` on a large sweep.
+            with loc.fs.open_input_file(info.path) as source:
+                table = pq.ParquetFile(source).read(use_threads=False)
             if not table.schema.equals(schema, check_metadata=False):
                 raise ValueError("schema differs from this fgray version's")
             _check_rows(name, table, schema is TRIALS_SCHEMA, (seeds or {}).get(name))

@@ -55,6 +55,9 @@ SCHEDULERS = ("fifo", "asha")
 RESOURCES = ("cpu", "gpu")
 MAX_RESOURCE = 1_000_000
 RAY_PRECISION = 0.0001  # Ray rounds resource requests to this unit; smaller non-zero ones fail
+# YAML aliases may repeat at most this many values in all (a few anchors reused by variants need
+# dozens). A 533-byte "billion laughs" of nested aliases would otherwise stand for 1e9 values.
+MAX_ALIAS_VALUES = 10_000
 
 # Seeds trained together in one trial when seeds_per_trial is "auto". The loop trains a trial's
 # seeds as one vectorised population, so tiny models amortise per-step overhead over many seeds,
@@ -93,6 +96,10 @@ class SpecError(ValueError):
         self.source = source
         self.key = key
         self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        # Rebuild from the three arguments (pickle and copy.copy), not from the joined text.
+        return type(self), (self.source, self.key, self.message)
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,33 @@ class SweepSpec:
         return plans
 
 
+def check_storage(storage: object) -> None:
+    """Raise ValueError (what is wrong, in a sentence) unless `storage` can hold experiments: a
+    spec's `storage` and `fgray sweep --storage` are checked by this one function."""
+    if not isinstance(storage, str) or not storage.strip() or "\0" in storage:
+        raise ValueError(
+            f"must be a local path or a URI like s3://bucket/prefix, got {_show(storage)}"
+        )
+    if storage != storage.strip():
+        raise ValueError(f"starts or ends with white space, got {_show(storage)}")
+    if "://" in storage:
+        if not _URI.fullmatch(storage):
+            raise ValueError(f"not a valid URI (scheme://location), got {_show(storage)}")
+        return
+    if storage.startswith("~") and os.path.expanduser(storage) == storage:
+        user = storage[1:].split("/", 1)[0]
+        raise ValueError(
+            f"{_show(storage)}: there is no user {user!r} on this machine to expand "
+            "'~' for; write the path in full"
+        )
+
+
+def with_storage(spec: SweepSpec, storage: str) -> SweepSpec:
+    """The spec stored elsewhere (`fgray sweep --storage`), checked like a spec's own storage."""
+    check_storage(storage)
+    return dataclasses.replace(spec, storage=storage)
+
+
 def auto_seeds_per_trial(model: str, n_seeds: int) -> int:
     """Seeds per trial for seeds_per_trial: auto, by model size (see AUTO_SEEDS_PER_TRIAL)."""
     if model not in AUTO_SEEDS_PER_TRIAL:
@@ -202,20 +236,70 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         raise SpecError(source, _FILE, f"cannot read: {e.strerror or e}") from None
     try:
         tree = yaml.compose(text, Loader=yaml.SafeLoader)  # nodes only: nothing is constructed
+        _refuse_alias_bombs(source, tree)
         document = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         problem = e.problem or e.context or "invalid YAML"
         raise SpecError(source, _DOCUMENT, f"YAML syntax error at {where}: {problem}") from None
+    except yaml.reader.ReaderError as e:
+        raise SpecError(
+            source, _DOCUMENT, f"character {e.character!r} at position {e.position}: {e.reason}"
+        ) from None
     except yaml.YAMLError as e:
-        raise SpecError(source, _DOCUMENT, f"invalid YAML: {e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SpecError(source, _DOCUMENT, f"invalid YAML: {first}") from None
     except RecursionError:
         raise SpecError(source, _DOCUMENT, "YAML nested too deeply") from None
+    except SpecError:
+        raise
     except (ValueError, TypeError, OverflowError) as e:  # e.g. a date like 2020-13-45
         raise SpecError(source, _DOCUMENT, f"YAML value cannot be read: {e}") from None
     _reject_duplicate_keys(source, tree)
     return parse_spec(document, source)
+
+
+def _refuse_alias_bombs(source: str, root: yaml.Node | None) -> None:
+    """Count the values the document stands for once its aliases are expanded, without expanding
+    them: each node's expanded size is computed once (aliases share their anchor's node). More
+    than MAX_ALIAS_VALUES beyond the nodes actually written is refused before anything is built.
+    An alias that contains itself is refused too: no setting can hold an infinite value."""
+    sizes: dict[int, int] = {}
+    written = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)] if root is not None else []
+    active: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            active.discard(key)
+            children = _children(node)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] - written > MAX_ALIAS_VALUES:
+                raise SpecError(
+                    source,
+                    _DOCUMENT,
+                    f"YAML aliases expand to more than {MAX_ALIAS_VALUES:,} values; write the "
+                    "values out or use fewer aliases",
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise SpecError(source, _DOCUMENT, "a YAML alias refers to a value that contains it")
+        active.add(key)
+        written += 1
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _reject_duplicate_keys(source: str, root: yaml.Node | None) -> None:
@@ -272,13 +356,10 @@ def parse_spec(document: object, source: str) -> SweepSpec:
     if len(name) > 200:
         raise err("name", f"must be at most 200 characters, got {len(name)}")
     storage = document["storage"]
-    if not isinstance(storage, str) or not storage.strip() or "\0" in storage:
-        raise err(
-            "storage",
-            f"must be a local path or a URI like s3://bucket/prefix, got {_show(storage)}",
-        )
-    if "://" in storage and not _URI.fullmatch(storage):
-        raise err("storage", f"not a valid URI (scheme://location), got {_show(storage)}")
+    try:
+        check_storage(storage)
+    except ValueError as e:
+        raise err("storage", str(e)) from None
 
     base = _options(err, "base", document.get("base"))
     grid = _grid(err, document.get("grid"))
@@ -573,10 +654,46 @@ def _kind(value: object) -> str:
 
 
 def _show(value: object, limit: int = 60) -> str:
-    try:
-        text = repr(value)
-    except (RecursionError, ValueError):  # a self-referencing YAML alias, a 5000-digit int
-        text = f"<{type(value).__name__} too large to show>"
+    """A value as in an error message, cut at `limit` characters. Built piece by piece, so a
+    huge value (a YAML alias bomb, a 5000-digit int) is never turned into text as a whole."""
+    pieces: list[str] = []
+    budget = [limit + 1]  # one more than shown, to know whether to cut
+
+    def emit(text: str) -> bool:
+        pieces.append(text[: budget[0]])
+        budget[0] -= len(text)
+        return budget[0] > 0
+
+    def walk(item: object, depth: int) -> bool:
+        if depth > 20:
+            return emit("...")
+        if isinstance(item, dict):
+            if not emit("{"):
+                return False
+            for i, (key, inner) in enumerate(item.items()):
+                if (i and not emit(", ")) or not walk(key, depth + 1) or not emit(": "):
+                    return False
+                if not walk(inner, depth + 1):
+                    return False
+            return emit("}")
+        if isinstance(item, (list, tuple)):
+            if not emit("["):
+                return False
+            for i, inner in enumerate(item):
+                if (i and not emit(", ")) or not walk(inner, depth + 1):
+                    return False
+            return emit("]")
+        if isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > 256:
+            return emit(f"<int of about {int(item.bit_length() * 0.30103) + 1} digits>")
+        if isinstance(item, str) and len(item) > limit:
+            item = item[: limit + 1]
+        try:
+            return emit(repr(item))
+        except (RecursionError, ValueError):
+            return emit(f"<{type(item).__name__}>")
+
+    walk(value, 0)
+    text = "".join(pieces)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import socket
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fgray import experiment, results
+from fgray import experiment, preflight, results, tunelog
 from fgray.experiment import ExperimentError, Manifest
 from fgray.spec import PlannedTrial, SweepSpec
 
@@ -35,13 +38,42 @@ def connect(address: str | None = None, num_cpus: int | None = None, verbose: in
 
     if ray.is_initialized():
         return
+    check_reachable(address or os.environ.get("RAY_ADDRESS"))
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose > 0}
+    # ray.init replaces the SIGTERM handler with one that exits mid-Tune (Ray's C++ then aborts
+    # with a crash dump); keep the caller's, e.g. the CLI's stop-cleanly-like-Ctrl-C.
+    sigterm = signal.getsignal(signal.SIGTERM)
     if address:
-        ray.init(address=address, **kwargs)
+        context = ray.init(address=address, **kwargs)
     elif os.environ.get("RAY_ADDRESS"):
-        ray.init(**kwargs)
+        context = ray.init(**kwargs)
     else:
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
+        context = ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
+    tunelog.quiet_handled_messages(context.address_info.get("session_dir"))
+    if threading.current_thread() is threading.main_thread() and sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse a cluster address where nothing answers, in seconds: ray.init would retry for
+    minutes. Only `host:port` forms are probed ("auto" is found by Ray itself)."""
+    if not address or address in ("auto", "local"):
+        return
+    host, colon, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not colon or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise SweepError(
+            f"no Ray cluster answers at {address} ({reason}); start one there with "
+            "`ray start --head`, fix --address (or RAY_ADDRESS), or leave it out to run on "
+            "this machine"
+        ) from None
 
 
 def check_storage_reaches_the_trials(storage: str, cpu: float, shared: bool = False) -> None:
@@ -200,13 +232,15 @@ def _tuner(
 def _fit(tuner: Any) -> tuple[dict[str, str], bool]:
     """Run the Tuner; return plan name -> error for trials that failed past max_failures, and
     whether the run ended (False when Ctrl-C stopped it with trials unfinished)."""
-    from fgray.trainable import PLAN
+    from fgray.trainable import PLAN, TRIAL_ERROR
 
     grid = tuner.fit()
     errors = {}
     for result in grid:
         if result.error is not None and result.config:
             errors[result.config[PLAN]] = str(result.error).strip().splitlines()[-1]
+        elif result.config and (result.metrics or {}).get(TRIAL_ERROR):
+            errors[result.config[PLAN]] = result.metrics[TRIAL_ERROR]  # not retried
     return errors, grid.num_terminated + grid.num_errors == len(grid)
 
 
@@ -281,6 +315,10 @@ def launch(
     """Start a new sweep from a validated spec and run it to the end."""
     manifest = Manifest.from_spec(spec)
     uri = manifest.experiment_uri
+    check_reachable(address or os.environ.get("RAY_ADDRESS"))
+    local = preflight.is_local(address)
+    preflight.check_trials(((p.group, p.config) for p in spec.trials()), spec.source, local)
+    preflight.check_resources(spec.resources, num_cpus, spec.source, local)
     experiment.check_writable(experiment.locate(spec.storage).uri)
     if experiment.exists(uri) and not overwrite:
         raise SweepError(
@@ -312,6 +350,10 @@ def resume(
     """Continue an interrupted sweep, then re-run plans whose results are missing or damaged."""
     uri = experiment.locate(experiment_uri).uri
     manifest = Manifest.load(uri)
+    check_reachable(address or os.environ.get("RAY_ADDRESS"))
+    local = preflight.is_local(address)
+    preflight.check_trials(((p.group, p.config) for p in manifest.plans), uri, local)
+    preflight.check_resources(manifest.resources, num_cpus, uri, local)
     with experiment.experiment_lock(uri):
         manifest.save()  # where the experiment is now, if it was moved or copied since launch
         connect(address, num_cpus, verbose)

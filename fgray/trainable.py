@@ -22,6 +22,8 @@ from ray import tune
 
 import fgray
 from fgray import results
+from fgray.config import ConfigError
+from fgray.data import DataError
 from fgray.experiment import locate
 from fgray.loop import REACHED, PopulationTrainer
 from fgray.runtime import keep_large_allocations
@@ -32,6 +34,7 @@ PLAN = "plan"  # the key of Tune's trial config that names the trial's PlannedTr
 # What a trial reports to Tune; the sweep's scheduler reads these same names.
 ITERATION = "iteration"
 MEDIAN_TRAIN_LOSS = "median_train_loss"
+TRIAL_ERROR = "fgray_error"  # the metric a trial reports its configuration or data error in
 
 
 def run_trial(
@@ -45,7 +48,14 @@ def run_trial(
     plan = plans[config[PLAN]]
     keep_large_allocations()
     torch.set_num_threads(plan.threads)
-    trainer, restored_from = _start(plan, (resume_from or {}).get(plan.name, ()))
+    try:
+        trainer, restored_from = _start(plan, (resume_from or {}).get(plan.name, ()))
+    except (ConfigError, DataError) as exc:
+        # The same config fails the same way every time (data damaged or missing here, a batch
+        # larger than the data): report it as the trial's result instead of raising, so Tune
+        # does not retry it max_failures times; the sweep records it as the trial's error rows.
+        tune.report({TRIAL_ERROR: f"{type(exc).__name__}: {exc}", "done": True})
+        return
     while not trainer.done:
         stop = min(
             _next_multiple(trainer.iteration, plan.report_every),

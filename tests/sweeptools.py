@@ -38,6 +38,17 @@ def write_spec(directory: Path, name: str, **fields: Any) -> Path:
     return path
 
 
+def damaged_mnist(root: Path) -> Path:
+    """An MNIST directory whose files exist (so the check before launch passes) but are empty:
+    every trial that loads it fails the same way, as on a worker whose copy is damaged."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images", "train-labels", "t10k-images", "t10k-labels"):
+        kind = "idx3" if "images" in name else "idx1"
+        (raw / f"{name}-{kind}-ubyte").write_bytes(b"")
+    return root
+
+
 def comparable_trials(trials: pd.DataFrame) -> pd.DataFrame:
     keep = [c for c in trials.columns if c not in CLOCK_COLUMNS | {"experiment"}]
     return trials[keep].sort_values(["trial_name", "seed"]).reset_index(drop=True)

@@ -41,6 +41,9 @@ def files(tmp_path: Path) -> dict[str, str]:
         (tmp_path / name / "fgray-sweep.json").write_text(manifest)
     (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
     (tmp_path / "ok.yaml").write_text(f"name: ok\nstorage: {tmp_path / 'results'}\nseeds: 2\n")
+    (tmp_path / "cpu2.yaml").write_text(
+        f"name: ok\nstorage: {tmp_path / 'results'}\nseeds: 2\nresources: {{cpu: 2}}\n"
+    )
     return {
         "missing": str(tmp_path / "no-such-dir"),
         "file": str(tmp_path / "plain.txt"),
@@ -50,6 +53,7 @@ def files(tmp_path: Path) -> dict[str, str]:
         "partial": str(tmp_path / "partial"),
         "bad_yaml": str(tmp_path / "bad.yaml"),
         "ok_yaml": str(tmp_path / "ok.yaml"),
+        "cpu2_yaml": str(tmp_path / "cpu2.yaml"),
         "dir": str(tmp_path),
     }
 
@@ -82,6 +86,12 @@ BAD = {
     "run-batch-larger-than-data": ["run", "--batch-size", "100000"],
     "run-unknown-choice": ["run", "--tangent", "uniform-ish"],
     "run-activity-on-a-test-function": ["run", "--model", "sphere", "--method", "activity"],
+    "run-seeds-beyond-int64": ["run", "--seeds", "99999999999999999999"],
+    "run-seeds-huge-range": ["run", "--seeds", "0-99999999999"],
+    "run-threads-beyond-the-cpus": ["run", "--threads", "100000"],
+    "run-max-iters-beyond-int64": ["run", "--max-iters", "99999999999999999999"],
+    "run-out-in-a-missing-directory": ["run", "--out", "{missing}/x.parquet"],
+    "run-out-is-a-directory": ["run", "--out", "{dir}"],
     # sweep
     "sweep-missing-spec": ["sweep"],
     "sweep-two-specs": ["sweep", "{ok_yaml}", "{ok_yaml}"],
@@ -92,6 +102,12 @@ BAD = {
     "sweep-bad-verbose": ["sweep", "{ok_yaml}", "--verbose", "7"],
     "sweep-storage-without-value": ["sweep", "{ok_yaml}", "--storage"],
     "sweep-unknown-storage-scheme": ["sweep", "{ok_yaml}", "--storage", "nosuch://bucket/x"],
+    "sweep-negative-num-cpus": ["sweep", "{ok_yaml}", "--num-cpus", "-1"],
+    "sweep-zero-num-cpus": ["sweep", "{ok_yaml}", "--num-cpus", "0"],
+    "sweep-blank-storage": ["sweep", "{ok_yaml}", "--storage", "   "],
+    "sweep-empty-storage": ["sweep", "{ok_yaml}", "--storage", ""],
+    "sweep-storage-of-an-unknown-user": ["sweep", "{ok_yaml}", "--storage", "~nosuchuser-x/y"],
+    "sweep-more-cpus-per-trial-than-num-cpus": ["sweep", "{cpu2_yaml}", "--num-cpus", "1"],
     # resume
     "resume-missing-path": ["resume"],
     "resume-two-paths": ["resume", "{empty}", "{empty}"],
@@ -103,6 +119,7 @@ BAD = {
     "resume-partial-manifest": ["resume", "{partial}"],
     "resume-unknown-scheme": ["resume", "nosuch://bucket/x"],
     "resume-garbage-num-cpus": ["resume", "{empty}", "--num-cpus", "-"],
+    "resume-zero-num-cpus": ["resume", "{empty}", "--num-cpus", "0"],
     # status
     "status-missing-path": ["status"],
     "status-two-paths": ["status", "{empty}", "{empty}"],
@@ -141,6 +158,24 @@ def test_bad_arguments_exit_2_with_usage_and_one_error_line(capsys, files, case,
     assert lines[-1].startswith(f"{prog}: error: "), err
     assert not ray.is_initialized()
     assert not (tmp_path / "results").exists()  # nothing written
+
+
+def test_storage_failing_mid_sweep_names_the_experiment_to_check(files, capsys, monkeypatch):
+    from fgray import sweep
+    from fgray.spec import load_spec
+
+    def storage_gone(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", files["dir"])
+
+    monkeypatch.setattr(sweep, "launch", storage_gone)
+    code, err = fgray(capsys, ["sweep", files["ok_yaml"]])
+
+    assert code == 1 and "Traceback" not in err
+    uri = load_spec(files["ok_yaml"]).experiment_uri()
+    assert err.strip().splitlines()[-1] == (
+        "results already written are kept; once the storage is reachable again, continue "
+        f"with `fgray resume {uri}`"
+    )
 
 
 @pytest.mark.parametrize(

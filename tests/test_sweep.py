@@ -154,6 +154,23 @@ def test_gpu_request_on_a_cpu_cluster_is_refused_at_launch(tmp_path, local_ray, 
     assert "GPU" in capsys.readouterr().err
 
 
+def test_fgray_errors_raised_in_a_ray_task_reach_the_driver_intact(local_ray):
+    """Ray pickles a task's exception to carry it to the driver; an error that cannot be
+    rebuilt from its pickle arrived as "TypeError: ... missing 1 required positional argument"."""
+    from fgray.config import ConfigError
+    from fgray.spec import SpecError
+
+    @ray.remote
+    def fail(error: Exception) -> None:
+        raise error
+
+    for error in (ConfigError("batch_size", "too large"), SpecError("s.yaml", "seeds", "bad")):
+        with pytest.raises(type(error)) as raised:
+            ray.get(fail.remote(error))
+        assert str(error) in str(raised.value)
+        assert raised.value.cause.args == error.args and vars(raised.value.cause) == vars(error)
+
+
 def test_unwritable_storage_is_refused_before_launch(tmp_path, capsys):
     (tmp_path / "file").write_text("")  # a directory cannot be made under a file, even by root
     path = tmp_path / "spec.yaml"
