@@ -48,7 +48,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, verbose: in
     elif os.environ.get("RAY_ADDRESS"):
         context = ray.init(**kwargs)
     else:
-        context = ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
+        # "local": a Ray of our own, even where another one runs on this machine (ray.init
+        # would join that one, and then refuse num_cpus with a traceback).
+        context = ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
     tunelog.quiet_handled_messages(context.address_info.get("session_dir"))
     if threading.current_thread() is threading.main_thread() and sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
