@@ -66,7 +66,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        help_text = f"{f.metadata['help']} (default: {default})"
+        # argparse %-formats help strings: a literal % in the metadata must be doubled
+        help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")
         base = str(f.type).replace("| None", "").strip()
         if base == "bool":
             parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)

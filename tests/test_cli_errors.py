@@ -289,3 +289,12 @@ def test_the_loop_refuses_non_finite_parameters_as_divergence_not_a_crash():
     trainer.run()
     outcomes = trainer.results_frame().set_index("seed").outcome
     assert outcomes[1] == "diverged" and outcomes[0] != "diverged"
+
+
+@pytest.mark.parametrize("command", ["", "run", "sweep", "resume", "status", "analyze"])
+def test_every_help_text_prints(capsys, command):
+    """argparse %-formats help: a literal % in a TrainConfig help text crashed `run --help`."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*command.split(), "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: fgray {command}".strip())

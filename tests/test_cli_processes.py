@@ -115,7 +115,8 @@ def imported(args: list[str]) -> set[str]:
         text=True,
         timeout=120,
     )
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.returncode == (2 if "fast" in args else 0), done.stderr[-2000:]
     names = set()
     for line in done.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
