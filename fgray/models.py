@@ -145,7 +145,7 @@ def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -
 
 
 class LogReg(nn.Module):
-    """logits = x @ W + b; N(0, 1) initialisation as in the seed document."""
+    """logits = x @ W + b; N(0, 1) initialisation as in the replication report."""
 
     def __init__(self, features: int = 4, classes: int = 3) -> None:
         super().__init__()

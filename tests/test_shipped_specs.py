@@ -35,12 +35,12 @@ def test_quickstart_is_penguins_logreg_and_mlp_by_method_with_32_seeds():
     assert set(got.values()) == {32}
 
 
-def test_seed_replication_has_both_estimators_for_all_three_models():
-    got = groups("seed-replication")
+def test_replication_report_has_both_estimators_for_all_three_models():
+    got = groups("replication-report")
     kinds = {(m, meth, t if meth != "backprop" else None) for m, meth, t, *_ in got}
     for model in ("logreg", "mlp", "cnn"):
         assert (model, "backprop", None) in kinds
-        assert (model, "forward-per-tensor", "standardized") in kinds  # the document's
+        assert (model, "forward-per-tensor", "standardized") in kinds  # the report's
         assert (model, "forward", "normal") in kinds  # the paper's
     assert min(got.values()) >= 30
 
