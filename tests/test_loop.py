@@ -58,7 +58,7 @@ def history_of(trainer: PopulationTrainer, seed: int) -> pd.DataFrame:
         ("mlp", "forward", 0.01, 0.2, 32),
     ],
 )
-def test_seed_document_settings_reach_the_threshold(model, method, lr, threshold, seeds):
+def test_replication_report_settings_reach_the_threshold(model, method, lr, threshold, seeds):
     config = TrainConfig(model=model, method=method, lr=lr, threshold=threshold, max_iters=1000)
 
     trainer = train(config, range(seeds))
