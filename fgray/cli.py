@@ -263,13 +263,18 @@ def summary_table(frame: Any) -> str:
     """Outcome counts and the distribution of iterations/seconds to threshold."""
     import numpy as np
 
+    from fgray.results import Outcome
+
     lines = []
     counts = frame["outcome"].value_counts()
     lines.append(
         "outcome   "
-        + "  ".join(f"{k} {int(counts.get(k, 0))}" for k in ("reached", "censored", "diverged"))
+        + "  ".join(
+            f"{k} {int(counts.get(k, 0))}"
+            for k in (Outcome.REACHED, Outcome.CENSORED, Outcome.DIVERGED)
+        )
     )
-    reached = frame[frame["outcome"] == "reached"]
+    reached = frame[frame["outcome"] == Outcome.REACHED]
     if len(reached):
         for col, fmt in (("iterations_to_threshold", "{:.0f}"), ("seconds_to_threshold", "{:.4f}")):
             q = np.percentile(reached[col].astype(float), [0, 10, 50, 90, 100])

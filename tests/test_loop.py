@@ -1,7 +1,7 @@
 """Claims about the population training loop, with real models, data and optimizers.
 
-- the replication report's settings reach their thresholds (and forward training of the MLP does at a
-  learning rate that works);
+- the replication report's settings reach their thresholds (and forward training of the MLP
+  does at a learning rate that works);
 - a seed's history is the same in a population of 8 as when trained alone, for every estimator,
   with mini-batches and with Adam; different seeds differ;
 - divergence is recorded per seed and the rest of the population carries on;
@@ -40,7 +40,7 @@ def history_of(trainer: PopulationTrainer, seed: int) -> pd.DataFrame:
     return frame[frame["seed"] == seed].reset_index(drop=True)
 
 
-# -- the replication report's settings reach their thresholds ------------------------------------------
+# -- the replication report's settings reach their thresholds -----------------------------------
 # Forward training of the MLP (threshold 0.2, SGD, max_iters 1000, seeds 0-31), by learning rate:
 #   lr     reached  median iterations (reached seeds)
 #   0.002  30/32    334   (2 censored at 1000)

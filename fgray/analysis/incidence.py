@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from fgray.results import Outcome
+
 CONFIDENCE = 0.95
 N_RESAMPLES = 4999
 RANDOM_SEED = 0
@@ -60,7 +62,11 @@ class Event(IntEnum):
 def events_from_outcomes(outcomes: Any) -> np.ndarray:
     """Event codes from fgray outcome words (reached / diverged / censored)."""
     words = np.asarray(outcomes, dtype=object).ravel()
-    codes = {"reached": Event.REACHED, "diverged": Event.DIVERGED, "censored": Event.CENSORED}
+    codes = {
+        Outcome.REACHED: Event.REACHED,
+        Outcome.DIVERGED: Event.DIVERGED,
+        Outcome.CENSORED: Event.CENSORED,
+    }
     unknown = sorted({str(w) for w in words if w not in codes})
     if unknown:
         raise ValueError(f"outcomes must be reached, diverged or censored; got {unknown}")

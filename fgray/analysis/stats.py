@@ -33,10 +33,11 @@ from fgray.analysis.incidence import (
     TimeEstimate,
 )
 from fgray.config import field_names
+from fgray.results import Outcome
 
 SEED_KEYS = ["experiment", "trial_name", "seed"]
 TRIAL_KEYS = ["experiment", "trial_name"]
-OUTCOMES = ("reached", "censored", "diverged", "error")
+OUTCOMES = tuple(Outcome)
 MISSING = "missing"  # a planned seed without results (its trial has not finished)
 BACKPROP = "backprop"
 FORWARD_METHODS = ("forward", "forward-per-tensor")
@@ -171,7 +172,7 @@ def durations(
     if measure not in MEASURES:
         raise ValueError(f"unknown measure {measure!r}; one of {', '.join(MEASURES)}")
     when_reached, when_stopped = MEASURES[measure]
-    frame = frame[frame["outcome"].isin(("reached", "diverged", "censored"))]
+    frame = frame[frame["outcome"].isin((Outcome.REACHED, Outcome.DIVERGED, Outcome.CENSORED))]
     events = incidence.events_from_outcomes(frame["outcome"].to_numpy())
     reached = events == incidence.Event.REACHED
     value = np.where(reached, as_floats(frame[when_reached]), as_floats(frame[when_stopped]))
@@ -261,7 +262,7 @@ def time_to_threshold(
             "n_reached": est.n_reached,
             "n_diverged": est.n_diverged,
             "n_censored": est.n_censored,
-            "errored_excluded": int((frame["outcome"] == "error").sum()),
+            "errored_excluded": int((frame["outcome"] == Outcome.ERROR).sum()),
             "reached_fraction": est.reached_fraction,
             "median": est.value,
             "ci_low": est.ci_low,

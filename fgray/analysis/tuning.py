@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from fgray.analysis.incidence import TimeEstimate, median_time
+from fgray.results import Outcome
 
 PICKS = ("iterations", "seconds", "flops")
 # pick -> the per-trial column that turns iterations into that unit (None: iterations themselves)
@@ -77,7 +78,7 @@ def seed_times(trials: pd.DataFrame, pick: str) -> tuple[np.ndarray, np.ndarray]
     stopped. Errored seeds come back as outcome 'error' (the caller decides what they mean)."""
     if pick not in PICKS:
         raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {pick!r}")
-    reached = trials["outcome"].to_numpy() == "reached"
+    reached = trials["outcome"].to_numpy() == Outcome.REACHED
     iters = np.where(
         reached,
         trials["iterations_to_threshold"].to_numpy(dtype=float, na_value=np.nan),
@@ -99,9 +100,9 @@ def evaluate_rates(trials: pd.DataFrame, pick: str, min_reached: float) -> list[
     for lr, rows in trials.groupby("lr", sort=True):
         times, outcomes = seed_times(rows, pick)
         n = len(rows)
-        k = int((outcomes == "reached").sum())
-        d = int((outcomes == "diverged").sum())
-        usable = (outcomes != "error") & np.isfinite(times)
+        k = int((outcomes == Outcome.REACHED).sum())
+        d = int((outcomes == Outcome.DIVERGED).sum())
+        usable = (outcomes != Outcome.ERROR) & np.isfinite(times)
         median = median_time(times[usable], outcomes[usable], n_resamples=0)
         fraction = k / n if n else 0.0
         out.append(
