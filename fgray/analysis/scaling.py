@@ -114,8 +114,12 @@ def size_keys(trials: pd.DataFrame, by: Sequence[str]) -> list[str]:
     keys = [k for k in ("dim", "hidden") if k in by]
     if keys:
         return keys
-    if "n_params" in trials and trials["n_params"].dropna().nunique() > 1:
-        return ["n_params"]
+    # Only the recorded count varies: a size sweep when one model comes in several sizes (two
+    # models of different sizes, logreg beside rosenbrock say, are not one).
+    if "n_params" in trials and "model" in trials:
+        sizes_per_model = trials.dropna(subset=["n_params"]).groupby("model")["n_params"]
+        if (sizes_per_model.nunique() > 1).any():
+            return ["n_params"]
     return []
 
 
@@ -415,9 +419,10 @@ def figure(
         ):
             for j, (series, pts) in enumerate(frame.groupby("series", sort=False)):
                 color = f"C{j % 10}"
-                pts = pts[np.isfinite(pts[column])]
+                # log axes: a median of 0 (reached before the first step) cannot be drawn
+                pts = pts[np.isfinite(pts[column]) & (pts[column] > 0)]
                 if pts.empty:
-                    never = f"{_series_name(series, keys)}: median undefined at every size"
+                    never = f"{_series_name(series, keys)}: no median above 0 at any size"
                     ax.plot([], [], "o", color=color, mfc="none", label=never)
                     continue
                 y = pts[column].to_numpy()
