@@ -119,7 +119,7 @@ def run_load(
             samples.append((time.time(), driver_rss_bytes(), live_tune_trials()))
             done.wait(sample_every)
 
-    ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
     sampler = threading.Thread(target=sample, daemon=True)
     start = time.time()
     try:

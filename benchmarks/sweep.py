@@ -60,7 +60,12 @@ def measure(settings: Settings) -> dict[str, Any]:
     root = tempfile.mkdtemp(prefix="fgray-bench-sweep-")
     try:
         start = time.perf_counter()
-        ray.init(num_cpus=settings.ray_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=settings.ray_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         ray_init_seconds = time.perf_counter() - start
         try:
             out = {

@@ -43,7 +43,7 @@ SPEC = {
 def experiment(tmp_path_factory):
     directory = tmp_path_factory.mktemp("real")
     spec = load_spec(write_spec(directory, "real", **SPEC))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert sweep.launch(spec, verbose=0).finished
     finally:

@@ -59,7 +59,7 @@ def test_flops_of_one_mlp_dense_layer_match_hand_counts() -> None:
     s, n = 3, 7
     x = torch.randn(n, 4)
     layer = MLP(sizes=(4, 64))
-    params = MLP.init({k: p.shape for k, p in layer.named_parameters()}, torch.Generator())
+    params = layer.init({k: p.shape for k, p in layer.named_parameters()}, torch.Generator())
     params = {k: torch.stack([v] * s) for k, v in params.items()}
 
     def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -89,7 +89,7 @@ RESUME = ["--num-cpus", "2", "--verbose", "0"]
 
 # -- helpers ---------------------------------------------------------------------------------------
 def local_ray() -> None:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def assert_same_results(experiment: str | Path, reference: tuple) -> pd.DataFrame:

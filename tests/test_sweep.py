@@ -58,7 +58,7 @@ SLOW = {
 
 @pytest.fixture
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -185,7 +185,7 @@ def test_unwritable_storage_is_refused_before_launch(tmp_path, capsys):
 def _reference(tmp_path: Path, name: str, fields: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The same sweep run uninterrupted, in-process."""
     spec = load_spec(write_spec(tmp_path, name, **fields))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert sweep.launch(spec, verbose=0).finished
     finally:
