@@ -343,6 +343,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{step_cost.flops_per_seed:,.0f} FLOPs per seed = "
         f"{step_cost.forward_equivalents:.2f} forward passes ({cost.FLOP_METHOD})"
     )
+    if config.compile:
+        print(
+            f"compiled: {'yes' if trainer.compiled else 'no, ran eager (see above)'}; "
+            f"{trainer.compile_seconds:.1f} s compiling, off the training clock"
+        )
     if args.out:
         history = trainer.history_frame()
         history.to_parquet(os.path.expanduser(args.out), index=False)

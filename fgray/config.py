@@ -129,6 +129,12 @@ class TrainConfig:
         "read threshold as a fraction of each seed's starting loss (0.01: stop when the loss "
         "falls below 1% of its value at iteration 0)",
     )
+    compile: bool = _opt(
+        False,
+        "run the population step (estimate and optimizer update) through torch.compile; a "
+        "method torch cannot capture whole runs eager, and the trials row says which ran "
+        "compiled (cache: TORCHINDUCTOR_CACHE_DIR, default ~/.cache/fgray/inductor)",
+    )
 
     def __post_init__(self) -> None:
         # YAML and argparse give ints for floats ("lr: 1"); store floats so columns keep one type.

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fgray import cost
+from fgray import compiled, cost
 from fgray.config import ConfigError, TrainConfig
 from fgray.data import Dataset, check_finite, load_data
 from fgray.estimators import (
@@ -38,7 +38,7 @@ from fgray.estimators import (
 )
 from fgray.models import Params, build_model, count_params, init_population
 from fgray.objective import Objective
-from fgray.optim import build_optimizer, masked_step
+from fgray.optim import build_optimizer, masked_step, update
 from fgray.results import Outcome, SeedResult, seed_rows
 
 RUNNING, REACHED, CENSORED, DIVERGED = 0, 1, 2, 3
@@ -90,6 +90,10 @@ class PopulationTrainer:
         self.generators = [
             torch.Generator(self.device).manual_seed(training_seed(s)) for s in self.seeds
         ]
+        self._estimator, self._update = self.estimate, update
+        self._compiled_parts: list[compiled.CompiledPart] = []
+        if config.compile:
+            self._set_up_compile()
         s = len(self.seeds)
         self.iteration = 0
         self.elapsed = 0.0
@@ -102,6 +106,35 @@ class PopulationTrainer:
         self.step_seconds: list[float] = []
         self._history: list[dict[str, Any]] = []
         self._warm_up()
+
+    def _set_up_compile(self) -> None:
+        """Route the estimate and the update through torch.compile (fgray.compiled)."""
+        missing = compiled.compiler_missing(self.device)
+        if missing is not None:
+            compiled.say_once(f"compile: {missing}; running eager")
+            return
+        compiled.use_cache()
+        compiled.enable_autograd_tracing()
+        estimator = compiled.CompiledPart(self.estimate, f"the {self.config.method} estimate")
+        optimizer = compiled.CompiledPart(
+            update, f"the {self.config.optimizer} update", fullgraph=False
+        )
+        self._estimator, self._update = estimator, optimizer
+        self._compiled_parts = [estimator, optimizer]
+
+    @property
+    def compiled(self) -> bool:
+        """True when the whole step (estimate and update) runs compiled."""
+        return bool(self._compiled_parts) and all(p.compiled for p in self._compiled_parts)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling (or failing to), kept off the training clock."""
+        return sum(p.seconds for p in self._compiled_parts)
+
+    def compile_columns(self) -> dict[str, Any]:
+        """The trials-row columns saying whether the trial ran compiled, and at what cost."""
+        return {"compiled": self.compiled, "compile_seconds": self.compile_seconds}
 
     def _thresholds(self) -> np.ndarray:
         """Each seed's threshold: `threshold`, or with threshold_relative that fraction of the
@@ -193,14 +226,15 @@ class PopulationTrainer:
         # Full batch gets the training-set loss with the gradient; mini-batches pay for a
         # separate full-set pass, every `check_every` iterations.
         check = cfg.batch_size is None or capped or t % (cfg.check_every or 1) == 0
+        compiling = self.compile_seconds
         start = time.perf_counter()
         if cfg.batch_size is None:
             loss_fn = self.objective.on()
-            loss, grads = self.estimate(loss_fn, self.params, self.generators)
+            loss, grads = self._estimator(loss_fn, self.params, self.generators)
         else:
             batch = self._next_batch(t)
             loss_fn = self.objective.on(batch)
-            loss, grads = self.estimate(loss_fn, self.params, self.generators)
+            loss, grads = self._estimator(loss_fn, self.params, self.generators)
             if check:
                 with torch.no_grad():
                     loss = self.objective.loss(self.params)  # threshold check: full training set
@@ -209,7 +243,7 @@ class PopulationTrainer:
         ).all(0)
         loss_np = loss.detach().double().cpu().numpy()
         finite_np = finite.cpu().numpy() & np.isfinite(loss_np)
-        compute_seconds = time.perf_counter() - start
+        compute_seconds = time.perf_counter() - start - (self.compile_seconds - compiling)
         now = self.elapsed + compute_seconds
 
         running = self.running
@@ -235,11 +269,12 @@ class PopulationTrainer:
         if evaluate or ended.any():
             self._evaluate(running if evaluate else ended)
 
+        compiling = self.compile_seconds
         start = time.perf_counter()
         still = self.running
         if still.any():
-            masked_step(self.optimizer, self.params, grads, still)
-        update_seconds = time.perf_counter() - start
+            masked_step(self.optimizer, self.params, grads, still, self._update)
+        update_seconds = time.perf_counter() - start - (self.compile_seconds - compiling)
         self.step_seconds.append(compute_seconds + update_seconds)
         self.elapsed = now + update_seconds
         self.iteration = t + 1
@@ -302,6 +337,8 @@ class PopulationTrainer:
         """One row per seed (fgray.results builds it): what `fgray run` prints."""
         frame = seed_rows(self.results(), self.median_step_seconds())
         frame["n_params"] = self.n_params
+        for key, value in self.compile_columns().items():
+            frame[key] = value
         return frame
 
     def median_step_seconds(self) -> float:

@@ -105,6 +105,8 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("step_flops_per_seed", pa.float64()),  # matmul and convolution FLOPs
         pa.field("step_forward_equivalents", pa.float64()),  # step FLOPs / one forward pass
         pa.field("step_memory_method", pa.string()),  # how the peak was measured
+        pa.field("compiled", pa.bool_()),  # the whole step ran through torch.compile
+        pa.field("compile_seconds", pa.float64()),  # compiling, kept off train_seconds
         pa.field("error", pa.string()),
         pa.field("restored_from_iteration", pa.int64()),  # last checkpoint resumed from, if any
         pa.field("node_id", pa.string()),

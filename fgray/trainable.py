@@ -66,7 +66,7 @@ def run_trial(
             break
         _report(trainer, save=trainer.iteration % plan.checkpoint_every == 0)
     # Measured once, after training and off its clock, on scratch copies (fgray.cost).
-    step_cost = trainer.step_cost().columns()
+    step_cost = {**trainer.step_cost().columns(), **trainer.compile_columns()}
     trials = results.trial_rows(
         plan,
         trainer.results(),

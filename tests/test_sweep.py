@@ -89,6 +89,8 @@ def test_small_sweep_writes_one_row_per_seed_and_matches_fgray_run(tmp_path, loc
     assert logreg.unique().to_dict() == {"backprop": [2.0], "forward": [3.0]}
     assert (trials.step_peak_bytes > 0).all()
     assert (trials.step_memory_method == cost.CPU_METHOD).all()
+    # no spec asks for compile: every trial ran eager and spent nothing compiling
+    assert not trials.compiled.any() and (trials.compile_seconds == 0).all()
 
     # a seed's sweep results equal `fgray run` of the same config and seed, alone
     plan = next(
