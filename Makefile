@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.fgray-installed
 RESULTS ?= fgray-results
 REPORT  ?= reports/quickstart
 
-.PHONY: setup demo test test-fast lint format bench mutants clean
+.PHONY: setup demo test test-fast lint format bench gpu-check mutants clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ format: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run --big --write BENCHMARKS.md
+
+# On a machine with a CUDA GPU: every model and method on cuda against cpu, eager and compiled,
+# throughput and a fractional-GPU sweep, into BENCHMARKS.md; exit 2 without a GPU.
+gpu-check: setup
+	$(BIN)/python -m benchmarks.gpu_check --write BENCHMARKS.md
 
 # Curated deliberate bugs (mutants/catalogue.py), each applied to a scratch copy and checked
 # against the tests that should catch it; not part of `make test` (it takes a while).
