@@ -240,3 +240,39 @@ def machine() -> dict[str, Any]:
         "load_average": [round(x, 2) for x in load],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+# -- blocks of the report that `benchmarks.run --write` keeps ---------------------------------
+# Sections written by other scripts (the GPU check, the compiled-step rows) live between markers,
+# so regenerating the report does not erase figures this machine cannot reproduce.
+KEPT_BLOCKS = ("gpu-check", "compile-step")
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name} -->", f"<!-- /{name} -->"
+
+
+def write_block(path: str | os.PathLike[str], name: str, body: str) -> None:
+    """Replace the report's `name` block (between its markers) with `body`, or append it."""
+    start, end = _markers(name)
+    text = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def kept_blocks(text: str) -> str:
+    """The KEPT_BLOCKS of an old report, markers included, to carry into the new one."""
+    found = []
+    for name in KEPT_BLOCKS:
+        start, end = _markers(name)
+        if start in text and end in text:
+            found.append(text[text.index(start) : text.index(end) + len(end)])
+    return "\n\n".join(found)

@@ -26,6 +26,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import write_block
+
 MODELS = {"logreg": "", "mlp": "", "cnn": "--train-size 200 --test-size 50"}
 ITERS = 10
 # float32 on two devices sums in different orders: rounding errors walk like √(T·N)·u, with
@@ -33,7 +35,6 @@ ITERS = 10
 # 1e-3 leaves 8 such deviations. TF32 is turned off so both devices compute in float32.
 RTOL = 1e-3
 POPULATIONS = (1, 256, 4096)
-START, END = "<!-- gpu-check -->", "<!-- /gpu-check -->"
 
 
 def fgray_run(flags: str, out: Path) -> Any:
@@ -161,17 +162,6 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the report's GPU section (between the markers), or append it."""
-    text = path.read_text() if path.exists() else ""
-    block = f"{START}\n{section}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", metavar="PATH", help="the report to write the section into")
@@ -227,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(section)
     if args.write:
-        write_section(Path(args.write), section)
+        write_block(args.write, "gpu-check", section)
     return 1 if failures else 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import cli, load, population, stability, step, sweep, targets
-from benchmarks.common import Settings, error_message, machine, table
+from benchmarks.common import Settings, error_message, kept_blocks, machine, table
 from fgray.runtime import keep_large_allocations
 
 SECTIONS = {module.NAME: module for module in (step, population, sweep, stability, load, cli)}
@@ -174,6 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "benchmarks.run", *argv_text])
     markdown = render(report, command)
     if args.write:
+        if os.path.exists(args.write):
+            with open(args.write, encoding="utf-8") as f:
+                kept = kept_blocks(f.read())
+            if kept:
+                markdown = markdown.rstrip("\n") + "\n\n" + kept + "\n"
         with open(args.write, "w", encoding="utf-8") as f:
             f.write(markdown)
         print(f"benchmarks: wrote {os.path.abspath(args.write)}", file=sys.stderr)

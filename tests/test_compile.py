@@ -4,7 +4,7 @@
   a fresh compiled trainer, gives the eager history within float tolerance, records compiled = true
   and its compile seconds, and fills the persistent cache;
 - a method Dynamo cannot capture whole (the forward gradient's per-seed generators) says so once,
-  runs eager, records compiled = false, and trains as eager does;
+  runs its whole step eager, records compiled = false, and trains exactly as eager does;
 - without a C++ compiler fgray says so once and runs eager.
 A first compile costs ~10-30 s on this machine, so one compiled run serves the first claims.
 """
@@ -72,10 +72,9 @@ def test_a_method_that_cannot_compile_runs_eager_and_says_so_once(capfd, monkeyp
     assert err.count("the forward estimate cannot be compiled whole") == 1, err
     for trainer in tried:
         assert not trainer.compiled and not trainer.results_frame().compiled.any()
-        # the update compiles (the SGD step reorders nothing: one fused multiply-add per
-        # element at most, ≤ 1 ulp per step, 5 steps)
-        np.testing.assert_allclose(
-            trainer.history_frame().train_loss, eager.history_frame().train_loss, rtol=5 * 1.2e-7
+        # the capture failed on fake tensors, drawing nothing: the eager run, bit for bit
+        np.testing.assert_array_equal(
+            trainer.history_frame().train_loss, eager.history_frame().train_loss
         )
 
 
