@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             )
     out += [
-        f"One seed against minimal loops (target 6: <= 1.1x; fgray's step is the loop's timed step: estimate, loss and finiteness check, update; the minimal loops only estimate and update), median of {args.iters}:",
+        "One seed against minimal loops (target 6: <= 1.1x; fgray's step is the loop's timed "
+        "step: estimate, loss and finiteness check, update; the minimal loops only estimate and "
+        f"update), median of {args.iters}:",
         table(["model", "reference", "ms", "fgray", "ms", "ratio"], refs),
     ]
     text = "\n\n".join(out)
