@@ -161,9 +161,22 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     trials_per_run: int = 1000
     runs: list[str] = field(default_factory=list)  # Tune runs started, oldest first
+    # A spec with `tune:`: its section, plus the confirmation seeds and seeds_per_trial that
+    # fgray.spec.confirmation_trials needs; None for an untuned sweep.
+    tune: dict[str, Any] | None = None
+    # Once the tuning phase is over: group -> {"lr": picked rate or None, "reason": why}. The
+    # confirmation plans are appended to `plans` in the same save.
+    picks: dict[str, dict[str, Any]] | None = None
 
     @classmethod
     def from_spec(cls, spec: SweepSpec) -> Manifest:
+        tune = None
+        if spec.tune is not None:
+            tune = {
+                **spec.tune.to_dict(),
+                "confirmation_seeds": list(spec.seeds),
+                "seeds_per_trial": spec.seeds_per_trial,
+            }
         return cls(
             name=spec.name,
             experiment_uri=spec.experiment_uri(),
@@ -175,6 +188,7 @@ class Manifest:
             max_failures=spec.max_failures,
             spec_source=spec.source,
             trials_per_run=spec.trials_per_run,
+            tune=tune,
         )
 
     @property

@@ -85,6 +85,8 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("experiment", pa.string()),
         pa.field("trial_name", pa.string()),
         pa.field("group", pa.string()),
+        pa.field("phase", pa.string()),  # tuned sweeps: tuning | confirmation; else null
+        pa.field("picked_lr", pa.float64()),  # confirmation rows: the rate the tuning picked
         *_config_fields(),
         pa.field("seed", pa.int64()),
         pa.field("population_size", pa.int64()),
@@ -191,6 +193,8 @@ def _identified(frame: pd.DataFrame, plan: PlannedTrial) -> pd.DataFrame:
         plan.name,
         plan.group,
     )
+    frame["phase"] = plan.phase or None
+    frame["picked_lr"] = plan.picked_lr
     return frame
 
 
@@ -369,6 +373,33 @@ def load(path: str, *, strict: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]
     trials_df = _concat([trials[n] for n in names], TRIALS_SCHEMA)
     history_df = _concat([history[n] for n in names], HISTORY_SCHEMA)
     return trials_df, history_df
+
+
+PICKS_FILE = "tuning-picks.parquet"
+PICKS_SCHEMA = pa.schema(
+    [
+        pa.field("experiment", pa.string()),
+        pa.field("group", pa.string()),
+        pa.field("picked_lr", pa.float64()),  # null: no rate qualified, no confirmation trials
+        pa.field("pick", pa.string()),
+        pa.field("min_reached", pa.float64()),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+
+def write_picks(experiment_uri: str, rows: pd.DataFrame) -> None:
+    """Record the tuning phase's pick per group, including the groups where none qualified."""
+    _write_atomic(locate(experiment_uri).join(RESULTS_DIR), PICKS_FILE, _table(rows, PICKS_SCHEMA))
+
+
+def load_picks(experiment_uri: str) -> pd.DataFrame:
+    """The tuned sweep's picks (one row per group); empty before the tuning phase ended."""
+    part = locate(experiment_uri).join(RESULTS_DIR, PICKS_FILE)
+    if not part.exists():
+        return PICKS_SCHEMA.empty_table().to_pandas()
+    with part.fs.open_input_file(part.path) as f:
+        return pq.read_table(f, schema=PICKS_SCHEMA).to_pandas()
 
 
 def _concat(tables: list[pa.Table], schema: pa.Schema) -> pd.DataFrame:

@@ -79,7 +79,11 @@ TOP_LEVEL = (
     "checkpoint_every",
     "report_every",
     "trials_per_run",
+    "tune",
 )
+TUNE_KEYS = ("lr", "seeds", "pick", "min_reached")
+PICKS = ("iterations", "seconds", "flops")  # as fgray.analysis.tuning.PICKS (no pandas here)
+MAX_TUNE_POINTS = 1000
 REQUIRED = ("name", "storage", "seeds")
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -117,6 +121,8 @@ class PlannedTrial:
     threads: int = 1  # torch threads: the trial's resources.cpu, at least 1
     report_every: int = 50
     checkpoint_every: int = 100
+    phase: str = ""  # "tuning" or "confirmation" in a spec with `tune:`; "" otherwise
+    picked_lr: float | None = None  # confirmation trials: the rate the tuning picked
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, as the manifest stores them."""
@@ -127,6 +133,29 @@ class PlannedTrial:
         """Inverse of to_dict; KeyError, TypeError or ConfigError when `values` is not one."""
         values = {**values, "config": TrainConfig.from_dict(values["config"])}
         return cls(**{**values, "seeds": tuple(int(s) for s in values["seeds"])})
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """A spec's `tune:` section: the learning-rate grid, run on the tuning seeds, from which
+    fgray.analysis.tuning.pick_rate picks each group's rate for the confirmation seeds."""
+
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...]  # disjoint from the spec's (confirmation) seeds
+    pick: str = "iterations"
+    min_reached: float = 0.9
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "lrs": list(self.lrs), "seeds": list(self.seeds)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TuneSpec:
+        return cls(
+            lrs=tuple(float(v) for v in values["lrs"]),
+            seeds=tuple(int(s) for s in values["seeds"]),
+            pick=str(values["pick"]),
+            min_reached=float(values["min_reached"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -148,6 +177,7 @@ class SweepSpec:
     report_every: int = 50
     trials_per_run: int = 1000
     source: str = "<spec>"
+    tune: TuneSpec | None = None
 
     def experiment_uri(self) -> str:
         """Where the experiment lives: storage/name, local paths made absolute (from the cwd)."""
@@ -158,29 +188,90 @@ class SweepSpec:
         return os.path.join(root, self.name)
 
     def trials(self) -> list[PlannedTrial]:
-        """Every trial of the sweep, in a stable order: variants, then grid points, then seeds."""
+        """Every trial of the sweep, in a stable order: variants, then grid points, then seeds.
+        With `tune:`, the tuning phase's trials: each group at each rate of the grid, on the
+        tuning seeds (the confirmation's come from `confirmation_trials` once they are picked)."""
         groups = _groups(self)
-        group_width = max(3, len(str(len(groups) - 1)))
-        seed_width = max(5, len(str(max(self.seeds))))
-        uri = self.experiment_uri()
-        plans = []
-        for index, (config, label) in enumerate(groups):
-            for chunk in _chunks(self.seeds, _per_trial(self.seeds_per_trial, config, self.seeds)):
-                first, last = (f"{seed:0{seed_width}d}" for seed in (chunk[0], chunk[-1]))
-                plans.append(
-                    PlannedTrial(
-                        name=f"g{index:0{group_width}d}-s{first}-{last}",
-                        group=label,
-                        config=config,
-                        seeds=chunk,
-                        experiment=self.name,
-                        experiment_uri=uri,
-                        threads=max(1, int(self.resources.get("cpu", 1))),
-                        report_every=self.report_every,
-                        checkpoint_every=self.checkpoint_every,
-                    )
+        if self.tune is None:
+            return _plans(self, groups, self.seeds)
+        width = len(str(len(self.tune.lrs) - 1))
+        return [
+            dataclasses.replace(plan, phase="tuning")
+            for j, lr in enumerate(self.tune.lrs)
+            for plan in _plans(
+                self,
+                [(config.replace(lr=lr), label) for config, label in groups],
+                self.tune.seeds,
+                infix=f"-lr{j:0{width}d}",
+                all_seeds=(*self.seeds, *self.tune.seeds),
+            )
+        ]
+
+
+def _plans(
+    spec: SweepSpec,
+    groups: list[tuple[TrainConfig, str]],
+    seeds: tuple[int, ...],
+    infix: str = "",
+    all_seeds: tuple[int, ...] = (),
+) -> list[PlannedTrial]:
+    group_width = max(3, len(str(len(groups) - 1)))
+    seed_width = max(5, len(str(max((*seeds, *all_seeds)))))
+    uri = spec.experiment_uri()
+    plans = []
+    for index, (config, label) in enumerate(groups):
+        for chunk in _chunks(seeds, _per_trial(spec.seeds_per_trial, config, seeds)):
+            first, last = (f"{seed:0{seed_width}d}" for seed in (chunk[0], chunk[-1]))
+            plans.append(
+                PlannedTrial(
+                    name=f"g{index:0{group_width}d}{infix}-s{first}-{last}",
+                    group=label,
+                    config=config,
+                    seeds=chunk,
+                    experiment=spec.name,
+                    experiment_uri=uri,
+                    threads=max(1, int(spec.resources.get("cpu", 1))),
+                    report_every=spec.report_every,
+                    checkpoint_every=spec.checkpoint_every,
                 )
-        return plans
+            )
+    return plans
+
+
+def confirmation_trials(
+    tuning: list[PlannedTrial],
+    picks: dict[str, float | None],
+    seeds: tuple[int, ...],
+    seeds_per_trial: int | str,
+) -> list[PlannedTrial]:
+    """The confirmation phase: every group whose tuning picked a rate (`picks`: group label ->
+    rate, None where none qualified), at that rate, on the confirmation `seeds`. A pure
+    function of the tuning plans (the manifest holds them) and the picks, so resume recomputes
+    exactly the plans the launch made. Named like an untuned sweep's trials: g003-s00030-00059."""
+    plans: list[PlannedTrial] = []
+    templates: dict[str, PlannedTrial] = {}
+    for plan in tuning:
+        templates.setdefault(plan.group, plan)
+    for group, template in templates.items():
+        lr = picks.get(group)
+        if lr is None:
+            continue
+        prefix = template.name.split("-lr", 1)[0]
+        width = len(template.name.rsplit("-", 1)[1])
+        config = template.config.replace(lr=lr)
+        for chunk in _chunks(seeds, _per_trial(seeds_per_trial, config, seeds)):
+            first, last = (f"{seed:0{width}d}" for seed in (chunk[0], chunk[-1]))
+            plans.append(
+                dataclasses.replace(
+                    template,
+                    name=f"{prefix}-s{first}-{last}",
+                    config=config,
+                    seeds=chunk,
+                    phase="confirmation",
+                    picked_lr=lr,
+                )
+            )
+    return plans
 
 
 def check_storage(storage: object) -> None:
@@ -392,9 +483,19 @@ def parse_spec(document: object, source: str) -> SweepSpec:
         report_every=_int(err, "report_every", document.get("report_every", 50), 1),
         trials_per_run=_int(err, "trials_per_run", document.get("trials_per_run", 1000), 1),
         source=source,
+        tune=_tune(err, document["tune"], seeds, grid) if "tune" in document else None,
     )
     groups = _groups(spec)  # builds and validates every trial config
     configs = [config for config, _ in groups]
+    if spec.tune is not None:
+        for i, lr in enumerate(spec.tune.lrs):
+            for config, label in groups:
+                try:
+                    config.replace(lr=lr)
+                except ConfigError as e:
+                    raise err(
+                        f"tune.lr[{i}]", f"{str(e)[len(e.key) + 2 :]} (group {label})"
+                    ) from None
     devices = {c.device for c in configs}
     if spec.resources["gpu"] == 0 and "cuda" in devices:
         raise err(
@@ -407,6 +508,11 @@ def parse_spec(document: object, source: str) -> SweepSpec:
             "cpu; set device: cuda in base to train on it, or resources.gpu: 0",
         )
     n_trials = sum(math.ceil(len(seeds) / _per_trial(per_trial, c, seeds)) for c in configs)
+    if spec.tune is not None:
+        tuning = spec.tune.seeds
+        n_trials += len(spec.tune.lrs) * sum(
+            math.ceil(len(tuning) / _per_trial(per_trial, c, tuning)) for c in configs
+        )
     if n_trials > MAX_TRIALS:
         raise err(
             "seeds_per_trial",
@@ -414,6 +520,100 @@ def parse_spec(document: object, source: str) -> SweepSpec:
             "train more seeds per trial or fewer seeds",
         )
     return spec
+
+
+def _tune(err: Any, value: object, seeds: tuple[int, ...], grid: dict[str, Any]) -> TuneSpec:
+    """The `tune:` section; its tuning seeds must be disjoint from the confirmation seeds, so
+    the reported distribution is not the draw that won the tuning."""
+    if not isinstance(value, dict):
+        raise err("tune", f"must be a mapping with {', '.join(TUNE_KEYS)}, got {_show(value)}")
+    for key in value:
+        if key not in TUNE_KEYS:
+            raise err(f"tune.{_key(key)}", f"unknown key; allowed: {', '.join(TUNE_KEYS)}")
+    for key in ("lr", "seeds"):
+        if key not in value:
+            raise err(f"tune.{key}", "required")
+    if "lr" in grid:
+        raise err("grid.lr", "tune.lr sets the learning rates of a tuned sweep; remove grid.lr")
+    lrs = value["lr"]
+    if isinstance(lrs, dict):
+        lrs = _log_range(err, lrs)
+    if not isinstance(lrs, list) or not lrs:
+        raise err(
+            "tune.lr",
+            f"must be a list of rates or {{log_range: [low, high], points: k}}, got {_show(lrs)}",
+        )
+    if len(lrs) > MAX_TUNE_POINTS:
+        raise err("tune.lr", f"{len(lrs)} rates, more than {MAX_TUNE_POINTS}")
+    for i, lr in enumerate(lrs):
+        _check_value(err, f"tune.lr[{i}]", "lr", lr)
+        if lr <= 0:
+            raise err(f"tune.lr[{i}]", f"must be > 0, got {_show(lr)}")
+        if lr in lrs[:i]:
+            raise err(f"tune.lr[{i}]", f"{_show(lr)} repeats tune.lr[{lrs.index(lr)}]")
+    tuning = _tune_seeds(err, value["seeds"], seeds)
+    pick = value.get("pick", "iterations")
+    if not isinstance(pick, str) or pick not in PICKS:
+        raise err("tune.pick", f"must be one of {', '.join(PICKS)}, got {_show(pick)}")
+    min_reached = value.get("min_reached", 0.9)
+    if (
+        isinstance(min_reached, bool)
+        or not isinstance(min_reached, (int, float))
+        or not 0 < min_reached <= 1
+    ):
+        raise err("tune.min_reached", f"must be a number in (0, 1], got {_show(min_reached)}")
+    return TuneSpec(tuple(float(v) for v in lrs), tuning, pick, float(min_reached))
+
+
+def _log_range(err: Any, value: dict[Any, Any]) -> list[float]:
+    """{log_range: [low, high], points: k}: k rates evenly spaced in log, both ends included."""
+    for key in value:
+        if key not in ("log_range", "points"):
+            raise err(f"tune.lr.{_key(key)}", "unknown key; allowed: log_range, points")
+    bounds, points = value.get("log_range"), value.get("points")
+    if (
+        not isinstance(bounds, list)
+        or len(bounds) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        or not all(math.isfinite(b) and b > 0 for b in bounds)
+        or bounds[0] >= bounds[1]
+    ):
+        raise err(
+            "tune.lr.log_range",
+            f"must be [low, high] with 0 < low < high (write 1.0e-4, not 1e-4), got "
+            f"{_show(bounds)}",
+        )
+    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+        raise err("tune.lr.points", f"must be an integer >= 2, got {_show(points)}")
+    if points > MAX_TUNE_POINTS:
+        raise err("tune.lr.points", f"{points} rates, more than {MAX_TUNE_POINTS}")
+    low, high = math.log10(bounds[0]), math.log10(bounds[1])
+    return [float(f"{10 ** (low + (high - low) * i / (points - 1)):.6g}") for i in range(points)]
+
+
+def _tune_seeds(err: Any, value: object, confirmation: tuple[int, ...]) -> tuple[int, ...]:
+    """N: the N seeds after the largest confirmation seed; a list or range: as given, and it
+    must not share a seed with the confirmation seeds."""
+
+    def tune_err(key: str, message: str) -> SpecError:
+        return err(f"tune.{key}", message)
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= MAX_SEEDS:
+            raise tune_err("seeds", f"count must be between 1 and {MAX_SEEDS}, got {_show(value)}")
+        start = max(confirmation) + 1
+        if start + value - 1 > INT64_MAX:
+            raise tune_err("seeds", "the seeds after the confirmation seeds exceed int64")
+        return tuple(range(start, start + value))
+    seeds = _seeds(tune_err, value)
+    shared = sorted(set(seeds) & set(confirmation))
+    if shared:
+        raise tune_err(
+            "seeds",
+            f"seed {shared[0]} is also a confirmation seed (top-level seeds); tuning and "
+            "confirmation seeds must be disjoint (a count N picks the N seeds after them)",
+        )
+    return seeds
 
 
 def _options(err: Any, section: str, value: object) -> dict[str, Any]:

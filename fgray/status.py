@@ -27,9 +27,12 @@ class Status:
     plans: dict[TrialState, list[str]] = field(default_factory=dict)  # state -> plan names
     damaged: dict[str, str] = field(default_factory=dict)  # part -> reason
     holder: str = ""
+    phase: str = ""  # a tuned sweep's phase, and what its picks say
 
     def render(self) -> str:
         lines = [f"experiment: {self.experiment_uri}", f"state: {self.state}{self.holder}"]
+        if self.phase:
+            lines.append(f"phase: {self.phase}")
         width = max([len(g) for g in self.seeds] + [5])
         lines.append(f"{'group':<{width}}  " + "  ".join(f"{s:>11}" for s in STATES))
         totals = dict.fromkeys(STATES, 0)
@@ -69,7 +72,8 @@ def experiment_status(experiment_uri: str) -> Status:
     plans: dict[TrialState, list[str]] = defaultdict(list)
     for plan in manifest.plans:
         state = survey.states[plan.name]
-        seeds[plan.group][state] += len(plan.seeds)
+        group = f"{plan.group} [{plan.phase}]" if plan.phase else plan.group
+        seeds[group][state] += len(plan.seeds)
         plans[state].append(plan.name)
     holder = experiment.read_holder(experiment_uri)
     if experiment.holder_alive(holder):
@@ -78,4 +82,22 @@ def experiment_status(experiment_uri: str) -> Status:
         state, who = "finished", ""  # every plan has its rows (results or errors)
     else:
         state, who = "interrupted", ""
-    return Status(experiment_uri, state, dict(seeds), dict(plans), survey.damaged, who)
+    return Status(
+        experiment_uri, state, dict(seeds), dict(plans), survey.damaged, who, _phase(manifest)
+    )
+
+
+def _phase(manifest: Manifest) -> str:
+    """Which phase a tuned sweep is in; "" for an untuned one."""
+    if manifest.tune is None:
+        return ""
+    if manifest.picks is None:
+        return (
+            "tuning (the confirmation is planned once every tuning trial has its rows; "
+            "`fgray resume` continues the tuning and then runs it)"
+        )
+    skipped = [group for group, pick in manifest.picks.items() if pick["lr"] is None]
+    text = "confirmation at the picked rates"
+    if skipped:
+        text += f"; no rate qualified for {', '.join(skipped)}: no confirmation trials there"
+    return text

@@ -24,7 +24,7 @@ from typing import Any
 
 from fgray import experiment, preflight, results, tunelog
 from fgray.experiment import ExperimentError, Manifest
-from fgray.spec import PlannedTrial, SweepSpec
+from fgray.spec import PlannedTrial, SweepSpec, confirmation_trials
 
 
 class SweepError(ExperimentError):
@@ -337,7 +337,9 @@ def launch(
         if overwrite:
             experiment.clear(uri)
         manifest.save()
-        errors, _ = _run_in_chunks(manifest, manifest.plans, verbose)
+        errors, ended = _run_in_chunks(manifest, manifest.plans, verbose)
+        if ended:
+            errors = _confirm(manifest, errors, verbose)
         return _finish(manifest, errors)
 
 
@@ -369,7 +371,7 @@ def resume(
         if tuner is not None:
             errors, ended = _fit(tuner)
         if ended:  # not after Ctrl-C; the repair run's errors are the final word
-            errors = _repair(manifest, verbose)
+            errors = _confirm(manifest, _repair(manifest, verbose), verbose)
         return _finish(manifest, errors)
 
 
@@ -416,3 +418,57 @@ def _repair(manifest: Manifest, verbose: int) -> dict[str, str]:
     manifest.repairs += 1
     errors, _ = _run_in_chunks(manifest, missing, verbose, survey.checkpoints)
     return errors
+
+
+# -- the tuning stage ------------------------------------------------------------------------------
+def _confirm(manifest: Manifest, errors: dict[str, str], verbose: int) -> dict[str, str]:
+    """A tuned sweep's second phase, once every tuning trial has its rows: pick each group's
+    rate from them (fgray.analysis.tuning.pick_rate), record the picks (the manifest, and
+    results/tuning-picks.parquet, where a group no rate qualified for says so) together with
+    the confirmation plans, and run those on the confirmation seeds. The picks are a function
+    of the stored tuning rows, so a driver killed before they were saved picks the same on
+    resume; once saved, resume runs the recorded plans like any others (`_repair`)."""
+    if manifest.tune is None or manifest.picks is not None:
+        return errors
+    import pandas as pd
+
+    from fgray.analysis.tuning import pick_rate
+
+    tuning_plans = [p for p in manifest.plans if p.phase == "tuning"]
+    _finish(manifest, errors)  # error rows for the tuning trials that failed for good
+    scan = _scan(manifest)
+    if scan.corrupt or any(p.name not in scan.complete for p in tuning_plans):
+        return errors  # a tuning trial has no rows yet: resume finishes the tuning first
+    trials, _ = results.load(manifest.experiment_uri)
+    trials = trials[trials["phase"] == "tuning"]
+    tune = manifest.tune
+    picks: dict[str, dict[str, Any]] = {}
+    for group in dict.fromkeys(p.group for p in tuning_plans):
+        picked = pick_rate(trials[trials["group"] == group], tune["pick"], tune["min_reached"])
+        picks[group] = {"lr": picked.lr, "reason": picked.reason}
+    plans = confirmation_trials(
+        tuning_plans,
+        {group: pick["lr"] for group, pick in picks.items()},
+        tuple(tune["confirmation_seeds"]),
+        tune["seeds_per_trial"],
+    )
+    rows = [
+        {
+            "experiment": manifest.name,
+            "group": group,
+            "picked_lr": pick["lr"],
+            "pick": tune["pick"],
+            "min_reached": tune["min_reached"],
+            "reason": pick["reason"],
+        }
+        for group, pick in picks.items()
+    ]
+    results.write_picks(manifest.experiment_uri, pd.DataFrame(rows))
+    manifest.picks = picks
+    manifest.plans = [*manifest.plans, *plans]
+    manifest.save()
+    for group, pick in picks.items():
+        if pick["lr"] is None and verbose:
+            print(f"fgray: {group}: no confirmation trials; {pick['reason']}")
+    confirmation_errors, _ = _run_in_chunks(manifest, plans, verbose)
+    return {**errors, **confirmation_errors}
