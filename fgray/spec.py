@@ -16,10 +16,15 @@ A spec names the experiment, where it is stored, the trial settings and the seed
     checkpoint_every: 100         # iterations between checkpoints
     report_every: 50              # iterations between reports to Ray Tune
     trials_per_run: 1000          # trials per Ray Tune run; bounds the driver's memory
+    tune: {lr: [0.01, 0.1], seeds: 10, pick: iterations, min_reached: 0.9}   # optional, below
 
 Each trial group's config is ``TrainConfig.from_dict({**base, **variant, **grid_point})``: a variant
 overrides base, and a grid point overrides both (so a key may appear in all three; the grid wins).
 Every group is then split into trials of ``seeds_per_trial`` seeds, in ascending seed order.
+
+With `tune:`, :meth:`SweepSpec.trials` is the tuning phase (every group at every rate of `tune.lr`
+on the tuning seeds, disjoint from `seeds`) and :func:`confirmation_trials` the second phase, once
+the sweep has picked each group's rate (fgray.sweep).
 
 Everything is checked by :func:`parse_spec` so a sweep never fails halfway through on a typo: every
 error is a :class:`SpecError` whose message names the file and the key, and says what is allowed.

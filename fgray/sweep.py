@@ -9,7 +9,9 @@ later ones nest inside it. `resume` restores the last Tune run (finished trials 
 unfinished ones continue from their checkpoints, errored ones are retried) and then re-runs every
 trial whose results are missing or damaged, from its newest checkpoint if it has one
 (`fgray.experiment.survey` decides, as `fgray status` predicts), so every seed ends up in the
-results exactly once."""
+results exactly once. A spec with `tune:` runs in two phases (`_confirm`): the tuning trials,
+then, from their rows, each group's picked rate and its confirmation trials, recorded in the
+manifest before they run, so resume continues either phase like any other trials."""
 
 from __future__ import annotations
 

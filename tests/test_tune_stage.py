@@ -23,6 +23,7 @@ from sweeptools import (
 )
 
 from fgray import results, status, sweep
+from fgray.analysis import load_experiments, stats
 from fgray.analysis.tuning import pick_rate
 from fgray.cli import main
 from fgray.experiment import MANIFEST, Manifest
@@ -151,6 +152,18 @@ def test_a_tuned_sweep_confirms_the_picked_rate_on_fresh_seeds(reference):
     assert "no rate qualified for method=forward max_iters=3" in text
     assert report.seeds["method=backprop max_iters=300 [confirmation]"]["done"] == 3
     assert report.seeds["method=backprop max_iters=300 [tuning]"]["done"] == 6
+
+
+def test_analysis_keeps_tuning_and_confirmation_seeds_apart(reference):
+    uri, _, _ = reference
+    loaded = load_experiments([uri])
+    by = stats.varying_keys(loaded.trials)
+    assert "phase" in by
+    table = stats.counts(loaded.trials, by, loaded.missing).set_index(["method", "lr", "phase"])
+    # backprop at the picked rate 1.0: three tuning seeds and three confirmation seeds, apart
+    assert table.loc[("backprop", 1.0, "tuning"), "seeds"] == 3
+    assert table.loc[("backprop", 1.0, "confirmation"), "seeds"] == 3
+    assert len(table) == 2 * 2 + 1
 
 
 def _picked(experiment: Path) -> bool:

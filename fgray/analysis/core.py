@@ -66,7 +66,13 @@ def _plan(path: str) -> _Plan | None:
         return None
     return _Plan(
         manifest.name,
-        {p.name: (list(p.seeds), p.config.to_dict()) for p in manifest.plans},
+        {
+            p.name: (
+                list(p.seeds),
+                {**p.config.to_dict(), **({"phase": p.phase} if p.phase else {})},
+            )
+            for p in manifest.plans
+        },
     )
 
 

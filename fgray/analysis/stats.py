@@ -60,8 +60,11 @@ NOT_REACHED_BY_HALF = "not reached by half of the seeds"
 
 # -- grouping -------------------------------------------------------------------------------------
 def varying_keys(trials: pd.DataFrame) -> list[str]:
-    """The TrainConfig keys that take more than one value: the default grouping of a sweep."""
-    return [k for k in field_names() if k in trials and trials[k].nunique(dropna=False) > 1]
+    """The TrainConfig keys that take more than one value: the default grouping of a sweep; and
+    `phase` in a tuned sweep, so a group's tuning and confirmation seeds at the picked rate
+    (the same config) are never pooled."""
+    keys = [*field_names(), "phase"]
+    return [k for k in keys if k in trials and trials[k].nunique(dropna=False) > 1]
 
 
 def resolve_by(trials: pd.DataFrame, by: Sequence[str] | None) -> list[str]:
