@@ -322,6 +322,6 @@ MUTANTS: list[Mutant] = [
         "analysis-diverged-read-as-censored",
         "the outcome word 'diverged' maps to the censored event code",
         ANALYSIS_TESTS,
-        (INC, '"diverged": Event.DIVERGED', '"diverged": Event.CENSORED'),
+        (INC, "Outcome.DIVERGED: Event.DIVERGED", "Outcome.DIVERGED: Event.CENSORED"),
     ),
 ]
