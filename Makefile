@@ -19,8 +19,6 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/fgray sweep sweeps/quickstart.yaml --overwrite --verbose 0
 	$(BIN)/fgray analyze $(RESULTS)/quickstart --out $(REPORT) --by model,method
-	@echo
-	@echo "report: $(abspath $(REPORT))/report.html (and report.md beside it)"
 
 test: setup
 	$(BIN)/python -m pytest -q -ra
