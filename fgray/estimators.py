@@ -223,30 +223,24 @@ def _groups(params: Params, per_tensor: bool) -> list[list[str]]:
     return [[k] for k in params] if per_tensor else [list(params)]
 
 
-def forward(tangent: str = "normal", tangents: int = 1) -> Estimator:
-    """Forward gradient (∇f·v) v over all parameters jointly, averaged over K tangents."""
-
+def _jvp_estimator(tangent: str, tangents: int, per_tensor: bool) -> Estimator:
     def estimate(
         loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]
     ) -> Estimate:
-        return _forward_gradient(
-            loss_fn, params, generators, tangent, tangents, _groups(params, False)
-        )
+        groups = _groups(params, per_tensor)
+        return _forward_gradient(loss_fn, params, generators, tangent, tangents, groups)
 
     return estimate
+
+
+def forward(tangent: str = "normal", tangents: int = 1) -> Estimator:
+    """Forward gradient (∇f·v) v over all parameters jointly, averaged over K tangents."""
+    return _jvp_estimator(tangent, tangents, per_tensor=False)
 
 
 def forward_per_tensor(tangent: str = "normal", tangents: int = 1) -> Estimator:
     """Per-tensor forward gradient: tensor i gets (∂f/∂θ_i · v_i) v_i from its own jvp."""
-
-    def estimate(
-        loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]
-    ) -> Estimate:
-        return _forward_gradient(
-            loss_fn, params, generators, tangent, tangents, _groups(params, True)
-        )
-
-    return estimate
+    return _jvp_estimator(tangent, tangents, per_tensor=True)
 
 
 @runtime_checkable

@@ -30,6 +30,7 @@ from pathlib import Path
 import ray  # noqa: F401  (puts the psutil that Ray ships on the path)
 
 import psutil  # isort: skip
+import sweeptools  # isort: skip
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -81,12 +82,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """sweeptools.wait_for, polling less often: each poll here may list the bucket."""
+    sweeptools.wait_for(predicate, timeout, what, interval)
 
 
 def _accepts(host: str, port: int) -> bool:
