@@ -83,3 +83,52 @@ def test_scaling_sweeps_sizes_from_1_to_16384_and_networks_from_100_to_a_million
     for plan in plans:
         seeds[plan.config] += len(plan.seeds)
     assert min(seeds.values()) >= 30
+
+
+def estimator_kinds(name: str) -> dict[str, set[tuple]]:
+    """model -> {(method, tangent, tangents, control_variate)} of a spec's trials."""
+    kinds: dict[str, set[tuple]] = {}
+    for plan in load_spec(SWEEPS / f"{name}.yaml").trials():
+        c = plan.config
+        kinds.setdefault(c.model, set()).add((c.method, c.tangent, c.tangents, c.control_variate))
+    return kinds
+
+
+def test_fair_tunes_every_estimator_on_penguins_with_30_fresh_confirmation_seeds():
+    spec = load_spec(SWEEPS / "fair.yaml")
+    kinds = estimator_kinds("fair")
+    for model, k in (("logreg", 15), ("mlp", 16)):  # logreg's "K = 16" is K = n = 15
+        assert kinds[model] == {
+            ("backprop", "normal", 1, "none"),
+            ("backprop-checkpoint", "normal", 1, "none"),
+            ("forward", "normal", 1, "none"),  # the paper's
+            ("forward-per-tensor", "standardized", 1, "none"),  # the replication report's
+            ("forward", "orthogonal", 4, "none"),
+            ("forward", "orthogonal", k, "none"),
+            ("activity", "normal", 1, "none"),
+            ("forward", "normal", 1, "ema"),
+            ("spsa", "normal", 1, "none"),
+        }
+    assert spec.tune is not None and spec.tune.pick == "iterations"
+    assert len(spec.tune.lrs) == 9
+    assert spec.tune.lrs[0] == pytest.approx(1e-4) and spec.tune.lrs[-1] == pytest.approx(1.0)
+    assert len(spec.tune.seeds) == 10 and len(spec.seeds) == 30
+    assert not set(spec.tune.seeds) & set(spec.seeds)
+    assert {plan.config.lr for plan in spec.trials()} == set(spec.tune.lrs)
+    assert all(plan.config.diagnose_every > 0 for plan in spec.trials())
+
+
+def test_fair_cnn_tunes_the_affordable_methods_on_fresh_seeds():
+    spec = load_spec(SWEEPS / "fair-cnn.yaml")
+    assert {m for m, *_ in estimator_kinds("fair-cnn")["cnn"]} == {
+        "backprop",
+        "backprop-checkpoint",
+        "forward",
+        "activity",
+    }
+    assert spec.tune is not None and spec.tune.lrs == (0.001, 0.003, 0.01)
+    assert len(spec.tune.seeds) == 3 and len(spec.seeds) == 5
+    assert not set(spec.tune.seeds) & set(spec.seeds)
+    assert {
+        (p.config.optimizer, p.config.train_size, p.config.batch_size) for p in spec.trials()
+    } == {("adam", 500, None)}
