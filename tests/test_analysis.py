@@ -36,7 +36,14 @@ TEST_FUNCTIONS = {
     "rosenbrock": ((-1.2, 1.0), (1.0, 1.0)),
     "beale": ((1.0, 1.0), (3.0, 0.5)),
 }
-STEP_SECONDS = {"backprop": 0.01, "forward": 0.004, "forward-per-tensor": 0.005}
+STEP_SECONDS = {
+    "backprop": 0.01,
+    "forward": 0.004,
+    "forward-per-tensor": 0.005,
+    "activity": 0.006,
+    "backprop-checkpoint": 0.012,
+    "spsa": 0.005,
+}
 
 
 # -- the synthetic sweep --------------------------------------------------------------------------
@@ -388,7 +395,7 @@ def test_forward_backprop_ratio_is_the_ratio_of_medians(analyzed):
     expected = _library_median(*fwd) / _library_median(*bp)
     assert row["ratio"] == pytest.approx(expected)
     assert row["ci_low"] <= row["ratio"]
-    assert (row["forward_reached"], row["forward_seeds"]) == (8, 11)
+    assert (row["method_reached"], row["method_seeds"]) == (8, 11)
     seconds = row_of(
         ratios, model="logreg", lr=0.1, measure=stats.MEASURE_LABELS["seconds_measured"]
     )
@@ -407,12 +414,12 @@ def test_a_ratio_where_a_median_is_undefined_says_so_and_gives_reached_fractions
         ("rosenbrock", 0.001, 2, 0, 6, 5 / 6),
     ):
         row = row_of(ratios, model=model, lr=lr, measure="iterations")
-        assert math.isnan(row["ratio"]) and math.isnan(row["forward_median"])
+        assert math.isnan(row["ratio"]) and math.isnan(row["method_median"])
         assert row["note"] == (
             f"forward: not reached by half of the seeds ({reached}/{seeds} reached, "
             f"{diverged} diverged)"
         )
-        assert row["forward_reached_fraction"] == pytest.approx(reached / seeds)
+        assert row["method_reached_fraction"] == pytest.approx(reached / seeds)
         assert row["backprop_reached_fraction"] == pytest.approx(bp_fraction)
     assert "none: reached 0 vs 0.6" in report.summary
 
@@ -443,6 +450,26 @@ def test_conditional_view_only_on_request_and_labelled(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "## CONDITIONAL iterations to threshold" in md
     assert all(is_png(p) for p in report.plots)
+
+
+def test_every_method_other_than_backprop_is_compared_with_backprop(tmp_path):
+    # activity, spsa and the checkpointed backprop get ratio rows like the forward methods
+    groups = [
+        GroupSpec("logreg", "backprop", 1.0, reached=6),
+        GroupSpec("logreg", "activity", 1.0, reached=6),
+        GroupSpec("logreg", "backprop-checkpoint", 1.0, reached=6),
+        GroupSpec("logreg", "spsa", 1.0, reached=4, censored=2),
+    ]
+    write_synthetic_results(tmp_path / "exp", groups)
+    trials, _ = load_all([str(tmp_path / "exp")])
+    ratios = method_ratios(trials, ["model", "method", "lr"])
+    iterations = ratios[ratios["measure"] == "iterations"]
+    assert list(iterations["method"]) == ["activity", "backprop-checkpoint", "spsa"]
+    for g in groups[1:]:
+        row = row_of(iterations, method=g.method)
+        expected = _library_median(*_events(g)) / _library_median(*_events(groups[0]))
+        assert row["ratio"] == pytest.approx(expected)
+        assert (row["method_reached"], row["method_seeds"]) == (g.reached, g.reached + g.censored)
 
 
 def test_no_ratios_when_method_is_not_a_group_key(synthetic):

@@ -19,7 +19,7 @@ import pandas as pd
 from fgray.analysis import incidence, stats
 from fgray.analysis.plots import Plot
 
-MEDIAN_COLUMNS = {"median", "forward_median", "backprop_median"}
+MEDIAN_COLUMNS = {"median", "method_median", "backprop_median"}
 CI_COLUMNS = {"ci_low", "ci_high"}
 
 TABLE_TITLES = {
@@ -29,7 +29,7 @@ TABLE_TITLES = {
     "seconds_to_threshold_modelled": "Seconds to threshold: MODELLED (iterations x group median "
     "cost per iteration)",
     "cost_per_iteration": "Cost per iteration (model / method / device / population size)",
-    "method_ratios": "Forward vs backprop (ratio forward / backprop of the median times to "
+    "method_ratios": "Each method vs backprop (ratio method / backprop of the median times to "
     "threshold)",
     "iterations_to_threshold_conditional": "CONDITIONAL iterations to threshold: diverged seeds "
     "censored, i.e. only for runs that do not diverge (requested with --conditional)",
@@ -120,7 +120,7 @@ def _with_ci(row: dict[str, Any]) -> str:
 
 def summary(tables: dict[str, pd.DataFrame], by: Sequence[str], notes: Sequence[str] = ()) -> str:
     """A compact terminal table: per group counts and median iterations / seconds to threshold,
-    then the forward/backprop ratios; `notes` (incompleteness, ignored files) come first."""
+    then each method's ratio to backprop; `notes` (incompleteness, ignored files) come first."""
     counts = tables["counts"].to_dict("records")  # records keep ints ints (iloc would upcast)
     iters = tables["iterations_to_threshold"]
     secs = tables["seconds_to_threshold_measured"]
@@ -159,12 +159,12 @@ def summary(tables: dict[str, pd.DataFrame], by: Sequence[str], notes: Sequence[
             value = (
                 _with_ci({**r, "median": r["ratio"]})
                 if not math.isnan(r["ratio"])
-                else f"none: reached {_fmt(r['forward_reached_fraction'])} vs "
+                else f"none: reached {_fmt(r['method_reached_fraction'])} vs "
                 f"{_fmt(r['backprop_reached_fraction'])}"
             )
             lines.append(
                 {
-                    "pair": f"{r['forward_method']}/backprop",
+                    "pair": f"{r['method']}/backprop",
                     "where": stats.label({k: stats.plain_value(r[k]) for k in panel}),
                     "measure": r["measure"],
                     "ratio of medians [95% CI]": value,

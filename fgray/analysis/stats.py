@@ -32,7 +32,7 @@ from fgray.analysis.incidence import (
     IncidenceCurve,
     TimeEstimate,
 )
-from fgray.config import field_names
+from fgray.config import METHODS, field_names
 from fgray.results import Outcome
 
 SEED_KEYS = ["experiment", "trial_name", "seed"]
@@ -40,7 +40,6 @@ TRIAL_KEYS = ["experiment", "trial_name"]
 OUTCOMES = tuple(Outcome)
 MISSING = "missing"  # a planned seed without results (its trial has not finished)
 BACKPROP = "backprop"
-FORWARD_METHODS = ("forward", "forward-per-tensor")
 COST_KEYS = ["model", "method", "device", "device_name", "population_size"]
 
 # measure -> (value when reached, value where the seed stopped otherwise), in the trials frame
@@ -387,23 +386,27 @@ def _cost_lookup(cost: pd.DataFrame | None, by: Sequence[str]) -> dict[tuple[Any
 
 # -- forward vs backprop --------------------------------------------------------------------------
 RATIO_COLUMNS = [
-    "forward_method",
+    "method",
     "measure",
-    "forward_median",
+    "method_median",
     "backprop_median",
     "ratio",
     "ci_low",
     "ci_high",
-    "forward_reached",
-    "forward_diverged",
-    "forward_seeds",
-    "forward_reached_fraction",
+    "method_reached",
+    "method_diverged",
+    "method_seeds",
+    "method_reached_fraction",
     "backprop_reached",
     "backprop_diverged",
     "backprop_seeds",
     "backprop_reached_fraction",
     "note",
 ]
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    return (METHODS.index(method) if method in METHODS else len(METHODS), method)
 
 
 def method_ratios(
@@ -413,7 +416,8 @@ def method_ratios(
     seed: int = RANDOM_SEED,
     n_resamples: int = N_RESAMPLES,
 ) -> pd.DataFrame:
-    """Forward / backprop for every pair of groups that differ only in `method`.
+    """Method / backprop for every pair of groups that differ only in `method` (every method
+    other than backprop, forward-only or checkpointed, against backprop).
 
     Ratios of the median times to threshold (where P(reached by t) crosses 1/2, divergence
     competing) in iterations and measured seconds (modelled too when `cost` is given), with a
@@ -434,7 +438,7 @@ def method_ratios(
         by_method = {m: f for m, f in frame.groupby("method")}
         if BACKPROP not in by_method:
             continue
-        for fwd in (m for m in FORWARD_METHODS if m in by_method):
+        for fwd in sorted(set(by_method) - {BACKPROP}, key=_method_order):
             for measure in measures:
                 data = []
                 for method in (fwd, BACKPROP):
@@ -446,10 +450,10 @@ def method_ratios(
                 notes = [cmp.note]
                 if measure == "seconds_measured" and _max_int(frame["population_size"]) > 1:
                     notes.append("population>1: measured clock shared by seeds")
-                row = {**key, "forward_method": fwd, "measure": MEASURE_LABELS[measure]}
-                row.update(forward_median=cmp.a.value, backprop_median=cmp.b.value)
+                row = {**key, "method": fwd, "measure": MEASURE_LABELS[measure]}
+                row.update(method_median=cmp.a.value, backprop_median=cmp.b.value)
                 row.update(ratio=cmp.ratio, ci_low=cmp.ci_low, ci_high=cmp.ci_high)
-                for side, est in (("forward", cmp.a), ("backprop", cmp.b)):
+                for side, est in (("method", cmp.a), ("backprop", cmp.b)):
                     row[f"{side}_reached"] = est.n_reached
                     row[f"{side}_diverged"] = est.n_diverged
                     row[f"{side}_seeds"] = est.n
