@@ -23,7 +23,8 @@ from sweeptools import (
 )
 
 from fgray import results, status, sweep
-from fgray.analysis import load_experiments, stats
+from fgray.analysis import analyze, load_experiments, stats
+from fgray.analysis.plots import is_png
 from fgray.analysis.tuning import pick_rate
 from fgray.cli import main
 from fgray.experiment import MANIFEST, Manifest
@@ -164,6 +165,44 @@ def test_analysis_keeps_tuning_and_confirmation_seeds_apart(reference):
     assert table.loc[("backprop", 1.0, "tuning"), "seeds"] == 3
     assert table.loc[("backprop", 1.0, "confirmation"), "seeds"] == 3
     assert len(table) == 2 * 2 + 1
+
+
+def test_fgray_analyze_reports_the_tuning_curves_and_the_methods_at_their_picked_rates(
+    reference, tmp_path
+):
+    uri, trials, _ = reference
+    out = tmp_path / "report"
+    assert main(["analyze", uri, "--out", str(out)]) == 0
+    report = analyze([uri], str(out / "again"))
+    curve = report.tables["tuning_curve"].set_index(["method", "lr"])
+    assert len(curve) == 2 * 2 and set(curve.seeds) == {3}
+    # backprop: picked 1.0 (as the picks file says); its median is the 2nd of 3 reaching times
+    tuning = trials[(trials.phase == "tuning") & (trials.method == "backprop")]
+    for lr, rows in tuning.groupby("lr"):
+        row = curve.loc[("backprop max_iters=300", lr)]
+        assert row["median"] == sorted(rows.iterations_to_threshold)[1]  # all 3 reach (premise)
+        assert row.picked == ("picked" if lr == 1.0 else "") and row.qualifies
+    assert set(curve.loc["forward max_iters=3"].picked) == {"no rate qualified"}
+    methods = report.tables["tuned_methods"].set_index("method")
+    confirmed = trials[(trials.phase == "confirmation")]
+    assert methods.loc["backprop max_iters=300"].picked_lr == 1.0
+    assert methods.loc["backprop max_iters=300"].seeds == 3 == len(confirmed)
+    assert (
+        methods.loc["backprop max_iters=300"].peak_bytes_per_seed
+        == (confirmed.step_peak_bytes_per_seed.iloc[0])
+    )
+    assert methods.loc["forward max_iters=3"].seeds == 0
+    assert methods.loc["forward max_iters=3"].note.startswith("no confirmation: no rate qualified")
+    times = report.tables["tuned_times"].set_index("measure")
+    flops = confirmed.iterations_to_threshold * confirmed.step_flops_per_seed
+    assert times.loc["FLOPs per seed", "median"] == sorted(flops)[1]
+    assert times.loc["iterations", "note"] == "the reference"
+    text = (out / "report.md").read_text()
+    assert "## Tuning curves (tuning seeds only)" in text
+    assert "## Methods at their own picked rates: time to threshold" in text
+    kinds = sorted(Path(p).name.split("-")[0] for p in report.plots)
+    assert kinds.count("tuning") == 1 and kinds.count("tradeoff") == 1
+    assert all(is_png(p) for p in report.plots)
 
 
 def _picked(experiment: Path) -> bool:

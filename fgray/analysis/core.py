@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 
 from fgray import experiment, results
+from fgray.analysis import fair, report, scaling, stats
 from fgray.analysis import plots as plotting
-from fgray.analysis import report, scaling, stats
 from fgray.analysis.errors import AnalysisError
 from fgray.results import ResultsError
 
@@ -46,6 +46,8 @@ class Loaded:
     missing: pd.DataFrame  # one row per planned seed without results: SEED_KEYS + config keys
     planned: int | None  # planned seeds over every path with a manifest (None: no manifest)
     notes: list[str] = field(default_factory=list)
+    # a tuned sweep's picks (results/tuning-picks.parquet), one row per group; else empty
+    picks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def load_experiments(paths: Sequence[str]) -> Loaded:
                 experiment.locate(path)
             except ResultsError as exc:
                 raise AnalysisError(str(exc)) from None
-    trials, history, missing, notes = [], [], [], []
+    trials, history, missing, notes, picks = [], [], [], [], []
     seen: dict[str, str] = {}
     planned: int | None = None
     for path in paths:
@@ -194,6 +196,8 @@ def load_experiments(paths: Sequence[str]) -> Loaded:
                 missing.append(m)
         trials.append(t)
         history.append(h)
+        if "phase" in t and (t["phase"] == "tuning").any():
+            picks.append(results.load_picks(path))
     t = pd.concat(trials, ignore_index=True) if len(trials) > 1 else trials[0]
     h = pd.concat(history, ignore_index=True) if len(history) > 1 else history[0]
     if t.empty:
@@ -203,7 +207,8 @@ def load_experiments(paths: Sequence[str]) -> Loaded:
             "`fgray status`"
         )
     m = pd.concat(missing, ignore_index=True) if missing else pd.DataFrame(columns=stats.SEED_KEYS)
-    return Loaded(t, h, m, planned, notes)
+    p = pd.concat(picks, ignore_index=True) if picks else pd.DataFrame()
+    return Loaded(t, h, m, planned, notes, p)
 
 
 def load_all(paths: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -268,6 +273,13 @@ def analyze(
         result.update(sizes.tables)
         figures += sizes.plots
         text += "\n\n" + sizes.summary
+    tuned = fair.analyze_tuned(trials, loaded.picks, out_dir, len(figures))
+    if tuned is None:
+        skipped.append("tuning curves and tuned comparison: no tuning rows (a spec without tune:)")
+    else:
+        result.update(tuned.tables)
+        figures += tuned.plots
+        text += "\n\n" + tuned.summary
     seeds = f"{trials[stats.TRIAL_KEYS].drop_duplicates().shape[0]} / {len(trials)}"
     header = {
         "results": ", ".join(paths if not isinstance(paths, str) else [paths]),

@@ -31,6 +31,14 @@ TABLE_TITLES = {
     "cost_per_iteration": "Cost per iteration (model / method / device / population size)",
     "method_ratios": "Each method vs backprop (ratio method / backprop of the median times to "
     "threshold)",
+    "tuning_curve": "Tuning curves (tuning seeds only): per group and learning rate, median "
+    "iterations to threshold [95% CI], diverged fraction [95% Wilson score interval], whether the "
+    "rate qualified under the sweep's rule and which rate it picked",
+    "tuned_methods": "Methods at their own picked rates (confirmation seeds only): outcomes and "
+    "the cost of one step (peak memory and FLOPs per seed, seconds per population step)",
+    "tuned_times": "Methods at their own picked rates: time to threshold in iterations, FLOPs "
+    "(iterations x FLOPs per step per seed) and MODELLED seconds (iterations x the trial's median "
+    "step), and the ratio to backprop's median [bootstrap 95% CI over both groups' seeds]",
     "iterations_to_threshold_conditional": "CONDITIONAL iterations to threshold: diverged seeds "
     "censored, i.e. only for runs that do not diverge (requested with --conditional)",
 }
