@@ -263,3 +263,11 @@ def test_analyze_tuned_draws_a_tuning_and_a_tradeoff_figure_per_model(tmp_path):
     assert any("activity" in s and "no ratio: reached 0.4 vs backprop 1" in s for s in lines)
     assert any("forward: no confirmation: no rate qualified" in s for s in lines)
     assert np.isfinite(view.tables["tuned_methods"]["peak_bytes_per_seed"]).sum() == 4
+
+
+def test_rows_of_an_untuned_experiment_beside_a_tuned_one_are_left_out():
+    trials, picks = hand_sweep()
+    other = trials[trials["phase"] == "confirmation"].assign(experiment="y", phase=None)
+    methods, _ = fair.tuned_methods(pd.concat([trials, other]), picks, n_resamples=0)
+    assert len(methods) == 5 and "experiment" not in methods  # only x's groups, one experiment
+    assert fair.NOT_PICKED_YET not in set(methods["note"])

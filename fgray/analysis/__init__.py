@@ -5,7 +5,8 @@
 
 `incidence` holds the estimators on plain arrays (cumulative incidence of reaching the threshold
 with divergence competing, medians, forward/backprop comparisons; typed results), `stats` the
-tables built from the results frames, `plots` the figures, `report` the Markdown / HTML writers.
+tables built from the results frames, `plots` the figures, `report` the Markdown / HTML writers;
+`scaling` and `fair` add the views of size sweeps and of tuned sweeps (`tune:`).
 """
 
 from fgray.analysis.core import Loaded, Report, analyze, load_all, load_experiments

@@ -111,7 +111,9 @@ class _Group:
 
 
 def _groups(trials: pd.DataFrame) -> list[_Group]:
-    """Every tuned group, with its setting and a method label unique within the setting."""
+    """Every tuned group, with its setting and a method label unique within the setting (rows of
+    an untuned experiment analysed beside a tuned one are not groups of it)."""
+    trials = trials[trials["phase"].isin((TUNING, CONFIRMATION))]
     varying = stats.varying_keys(trials)
     setting_keys = [k for k in varying if k not in NOT_SETTING]
     if "model" in trials and "model" not in setting_keys:
