@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import EngFormatter, MaxNLocator
 from scipy.stats import norm
 
 from fgray.analysis import incidence, stats
@@ -512,7 +513,8 @@ def tradeoff_figures(
         missing: list[str] = []
         for ax, label in zip(axes, MEASURES.values(), strict=True):
             rows = part[part["measure"] == label]
-            for r in rows.to_dict("records"):
+            xs, ys = [], []
+            for j, r in enumerate(rows.to_dict("records")):
                 x = memory.get((key, r["method"]), math.nan)
                 if not (np.isfinite(x) and x > 0 and np.isfinite(r["median"]) and r["median"] > 0):
                     if label == "iterations":
@@ -528,10 +530,17 @@ def tradeoff_figures(
                 high = r["ci_high"] - y if np.isfinite(r["ci_high"]) else 0.0
                 color = colors.get(r["method"], "black")
                 ax.errorbar([x], [y], yerr=[[low], [high]], fmt="o", color=color, capsize=3)
-                ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(5, 4),
-                            fontsize=7, color=color)  # fmt: skip
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+                # labels staggered: methods of equal memory and time (backprop and its
+                # checkpointed twin on a small model) would otherwise print on top of each other
+                ax.annotate(r["method"], (x, y), textcoords="offset points",
+                            xytext=(5, 4 - 10 * (j % 3)), fontsize=7, color=color)  # fmt: skip
+                xs.append(x)
+                ys.append(y)
+            _log_if_wide(ax.set_xscale, xs)
+            _log_if_wide(ax.set_yscale, ys)
+            if ax.get_xscale() == "linear":
+                ax.xaxis.set_major_locator(MaxNLocator(5))
+            ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
             ax.set_xlabel("peak memory of one step, bytes per seed")
             ax.set_ylabel(f"median {label} to threshold (95% CI)")
             ax.grid(True, which="both", alpha=0.3)
@@ -548,6 +557,12 @@ def tradeoff_figures(
         fig.savefig(path, dpi=DPI, format="png")
         plots.append(Plot(path=path, kind="tradeoff", title=title))
     return plots
+
+
+def _log_if_wide(set_scale: Any, values: Sequence[float]) -> None:
+    """A log axis where the values span more than a decade; a linear one (readable ticks) else."""
+    if values and min(values) > 0 and max(values) / min(values) > 10:
+        set_scale("log")
 
 
 # -- entry point -------------------------------------------------------------------------------
