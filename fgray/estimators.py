@@ -8,6 +8,12 @@ Parameters carry a leading seed axis S and `loss_fn` returns one loss per seed, 
 handles a population in one pass. Randomness comes only from `generators`, one per seed, drawn in a
 fixed order: a seed's tangents are the same whatever population it trains in.
 
+Every estimator is an `Estimator` in two halves: `draw` takes one step's random numbers (tangents,
+SPSA's z, activity noise, the orthogonal tangents' QR) from the generators, eagerly, and `estimate`
+is a pure function of (loss_fn, params, draws). Calling the estimator runs both; `compile: true`
+compiles `estimate` alone (fgray.compiled), so a compiled step uses the very numbers an eager one
+does: torch.compile cannot trace per-seed `torch.Generator` draws, and need not.
+
 - backprop: reverse mode, the exact gradient.
 - backprop-checkpoint: the same gradient with activation checkpointing (torch.utils.checkpoint
   per model block): the backward pass recomputes each block from its input instead of keeping its
@@ -40,7 +46,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -60,8 +66,35 @@ LossFn = Callable[[Params], Tensor]
 """Parameters with a leading seed axis S -> one loss per seed (S,)."""
 Estimate = tuple[Tensor, Params]
 """(loss per seed at the given parameters, estimated gradient with the parameters' shapes)."""
-Estimator = Callable[[LossFn, Params, Sequence[torch.Generator]], Estimate]
-"""(loss_fn, params, one generator per seed) -> Estimate; options are bound when it is built."""
+Draws = Any
+"""One step's random numbers for an estimator (a pytree of tensors: tangents, noise, a baseline),
+drawn eagerly from the seeds' generators by `Estimator.draw`."""
+EstimateFn = Callable[[LossFn, Params, Draws], Estimate]
+"""(loss_fn, params, draws) -> Estimate: `Estimator.estimate` or its compiled form."""
+
+
+class Estimator:
+    """A gradient estimator with its options bound: `draw` (eager: the seeds' generators, in a
+    fixed order) then `estimate` (pure, what `compile: true` compiles). Calling it,
+    `estimator(loss_fn, params, generators)`, is one eager step."""
+
+    def draw(self, loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]) -> Draws:
+        """This step's random numbers; nothing by default (backprop)."""
+        return ()
+
+    def estimate(self, loss_fn: LossFn, params: Params, draws: Draws) -> Estimate:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        loss_fn: LossFn,
+        params: Params,
+        generators: Sequence[torch.Generator],
+        estimate: EstimateFn | None = None,
+    ) -> Estimate:
+        """One step: draw, then `estimate` (the compiled form of self.estimate, or itself)."""
+        draws = self.draw(loss_fn, params, generators)
+        return (estimate or self.estimate)(loss_fn, params, draws)
 
 
 class PerExampleLoss(Protocol):
@@ -174,38 +207,40 @@ def directional_derivative(
     return loss, jvp
 
 
-def backprop(checkpoint: bool = False) -> Estimator:
+class Backprop(Estimator):
     """The exact gradient by reverse mode; draws nothing from the generators. With `checkpoint`,
     each model block is recomputed in the backward pass instead of storing its activations."""
 
-    def estimate(
-        loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]
-    ) -> Estimate:
+    def __init__(self, checkpoint: bool = False) -> None:
+        self.checkpoint = checkpoint
+
+    def estimate(self, loss_fn: LossFn, params: Params, draws: Draws = ()) -> Estimate:
         leaves = {k: p.detach().requires_grad_() for k, p in params.items()}
-        with torch.enable_grad(), checkpoint_blocks() if checkpoint else nullcontext():
+        with torch.enable_grad(), checkpoint_blocks() if self.checkpoint else nullcontext():
             loss = loss_fn(leaves)
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return loss.detach(), dict(zip(leaves, grads, strict=False))
 
-    return estimate
+
+def backprop(checkpoint: bool = False) -> Estimator:
+    """Reverse mode (see Backprop)."""
+    return Backprop(checkpoint)
 
 
 def _forward_gradient(
     loss_fn: LossFn,
     params: Params,
-    generators: Sequence[torch.Generator],
-    tangent: str,
-    tangents: int,
+    tangents: Sequence[Params],
     jvp_groups: list[list[str]],
     baseline: Params | None = None,
 ) -> Estimate:
-    """Average over K tangents of Σ_groups ((∇_group f - s_group)·v_group) v_group, plus s.
+    """Average over the K tangents of Σ_groups ((∇_group f - s_group)·v_group) v_group, plus s.
 
     One jvp per group; without a baseline s this is the plain forward gradient.
     """
     loss = None
     grads = {k: torch.zeros_like(p) for k, p in params.items()}
-    for v in tangent_draws(params, generators, tangent, tangents):
+    for v in tangents:
         for names in jvp_groups:
             value, jvp = directional_derivative(loss_fn, params, {k: v[k] for k in names})
             loss = value if loss is None else loss
@@ -213,7 +248,7 @@ def _forward_gradient(
                 jvp = jvp - _dot(baseline, v, names)
             for k in names:
                 grads[k] += per_seed(jvp, v[k]) * v[k]
-    grads = _mean(grads, tangents)
+    grads = _mean(grads, len(tangents))
     if baseline is not None:
         grads = {k: g + baseline[k] for k, g in grads.items()}
     return loss, grads
@@ -223,24 +258,30 @@ def _groups(params: Params, per_tensor: bool) -> list[list[str]]:
     return [[k] for k in params] if per_tensor else [list(params)]
 
 
-def _jvp_estimator(tangent: str, tangents: int, per_tensor: bool) -> Estimator:
-    def estimate(
-        loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]
-    ) -> Estimate:
-        groups = _groups(params, per_tensor)
-        return _forward_gradient(loss_fn, params, generators, tangent, tangents, groups)
+class ForwardGradient(Estimator):
+    """(∇f·v) v averaged over K tangents: one jvp over all parameters (Baydin et al.), or with
+    `per_tensor` one jvp per parameter tensor along its own part of v. Draws: the K tangents."""
 
-    return estimate
+    def __init__(self, tangent: str, tangents: int, per_tensor: bool) -> None:
+        self.tangent, self.tangents, self.per_tensor = tangent, tangents, per_tensor
+
+    def draw(
+        self, loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]
+    ) -> list[Params]:
+        return list(tangent_draws(params, generators, self.tangent, self.tangents))
+
+    def estimate(self, loss_fn: LossFn, params: Params, draws: list[Params]) -> Estimate:
+        return _forward_gradient(loss_fn, params, draws, _groups(params, self.per_tensor))
 
 
 def forward(tangent: str = "normal", tangents: int = 1) -> Estimator:
     """Forward gradient (∇f·v) v over all parameters jointly, averaged over K tangents."""
-    return _jvp_estimator(tangent, tangents, per_tensor=False)
+    return ForwardGradient(tangent, tangents, per_tensor=False)
 
 
 def forward_per_tensor(tangent: str = "normal", tangents: int = 1) -> Estimator:
     """Per-tensor forward gradient: tensor i gets (∂f/∂θ_i · v_i) v_i from its own jvp."""
-    return _jvp_estimator(tangent, tangents, per_tensor=True)
+    return ForwardGradient(tangent, tangents, per_tensor=True)
 
 
 @runtime_checkable
@@ -252,7 +293,7 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Tensor]) -> None: ...
 
 
-class ControlVariate:
+class ControlVariate(ForwardGradient):
     """The forward gradient with an EMA control variate: ĝ = ((∇f - s)·v) v + s.
 
     s is the exponential moving average of this seed's past estimates, s ← β s + (1 - β) ĝ after
@@ -265,29 +306,40 @@ class ControlVariate:
     and training diverges; above it s lags a moving ∇f by ~1/(1-β) steps. Measured in
     benchmarks/cv_decay.py (README "Estimators"): 0.999, the default, is the smallest decay
     stable on both penguins models, and neither it nor any other decay beat the plain estimator.
-    Its state is s per seed; each seed's s depends only on its own estimates.
+    Its state is s per seed; each seed's s depends only on its own estimates. The draws are
+    (tangents, s), so the compiled estimate stays a pure function; s is updated after it, eagerly.
     """
 
     def __init__(self, tangent: str, tangents: int, per_tensor: bool, decay: float) -> None:
-        self.tangent, self.tangents, self.per_tensor, self.decay = (
-            tangent,
-            tangents,
-            per_tensor,
-            decay,
-        )
+        super().__init__(tangent, tangents, per_tensor)
+        self.decay = decay
         self.baseline: Params = {}
 
-    def __call__(
+    def draw(
         self, loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]
-    ) -> Estimate:
+    ) -> tuple[list[Params], Params]:
         if self.baseline:
             s = {k: b.to(params[k].device) for k, b in self.baseline.items()}
         else:
             s = {k: torch.zeros_like(p) for k, p in params.items()}
-        groups = _groups(params, self.per_tensor)
-        loss, grads = _forward_gradient(
-            loss_fn, params, generators, self.tangent, self.tangents, groups, s
-        )
+        return super().draw(loss_fn, params, generators), s
+
+    def estimate(
+        self, loss_fn: LossFn, params: Params, draws: tuple[list[Params], Params]
+    ) -> Estimate:
+        tangents, s = draws
+        return _forward_gradient(loss_fn, params, tangents, _groups(params, self.per_tensor), s)
+
+    def __call__(
+        self,
+        loss_fn: LossFn,
+        params: Params,
+        generators: Sequence[torch.Generator],
+        estimate: EstimateFn | None = None,
+    ) -> Estimate:
+        draws = self.draw(loss_fn, params, generators)
+        loss, grads = (estimate or self.estimate)(loss_fn, params, draws)
+        s = draws[1]
         self.baseline = {k: self.decay * s[k] + (1 - self.decay) * grads[k] for k in params}
         return loss, grads
 
@@ -298,29 +350,50 @@ class ControlVariate:
         self.baseline = {k: b.clone() for k, b in state.items()}
 
 
-def spsa(epsilon: float = 1e-3, tangent: str = "normal", tangents: int = 1) -> Estimator:
+class SPSA(Estimator):
     """SPSA / MeZO: (L(θ+εz) - L(θ-εz)) / 2ε · z averaged over K draws of z; no autodiff at all.
 
     The central difference is ∇f·z + (ε²/6) D³f[z, z, z] + O(ε⁴), so the estimate is the forward
     gradient of the same z up to O(ε²). Costs 2K + 1 loss evaluations: the extra one is L(θ),
-    which the loop needs for its threshold check.
+    which the loop needs for its threshold check. Draws: the K directions z.
     """
 
-    def estimate(
-        loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]
-    ) -> Estimate:
+    def __init__(self, epsilon: float, tangent: str, tangents: int) -> None:
+        self.epsilon, self.tangent, self.tangents = epsilon, tangent, tangents
+
+    def draw(
+        self, loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]
+    ) -> list[Params]:
+        return list(tangent_draws(params, generators, self.tangent, self.tangents))
+
+    def estimate(self, loss_fn: LossFn, params: Params, draws: list[Params]) -> Estimate:
+        epsilon = self.epsilon
         with torch.no_grad():
             loss = loss_fn(params)
             grads = {k: torch.zeros_like(p) for k, p in params.items()}
-            for z in tangent_draws(params, generators, tangent, tangents):
+            for z in draws:
                 plus = loss_fn({k: p + epsilon * z[k] for k, p in params.items()})
                 minus = loss_fn({k: p - epsilon * z[k] for k, p in params.items()})
                 slope = (plus - minus) / (2 * epsilon)
                 for k in grads:
                     grads[k] += per_seed(slope, z[k]) * z[k]
-        return loss, _mean(grads, tangents)
+        return loss, _mean(grads, len(draws))
 
-    return estimate
+
+def spsa(epsilon: float = 1e-3, tangent: str = "normal", tangents: int = 1) -> Estimator:
+    """SPSA with its options bound (see SPSA)."""
+    return SPSA(epsilon, tangent, tangents)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """A layer as the forward pass meets it: its kind, its parameters' names, and the shape of
+    its pre-activation for one seed (N, ...), which is what activity noise is drawn in."""
+
+    kind: str  # "dense" or "conv3x3"
+    weight: str
+    bias: str
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -334,36 +407,81 @@ class PerturbedLayer:
     noise: Tensor  # u: (S, N, *pre-activation shape), one draw per seed and example
 
 
-def perturbed_pass(
-    loss_fn: PerExampleLoss, params: Params, generators: Sequence[torch.Generator]
-) -> tuple[Tensor, Tensor, list[PerturbedLayer]]:
-    """(per-example losses (S, N), d (S, N), layers) from one forward-mode pass in which every
-    layer's pre-activations carry a N(0, I) tangent u drawn per seed, layer by layer in the
-    order the forward pass meets them, so a seed's draws do not depend on its population."""
+def layer_plan(loss_fn: PerExampleLoss, params: Params) -> tuple[LayerPlan, ...]:
+    """The layers of `loss_fn`'s network in forward order, from one no-grad pass that draws
+    nothing. Parameters are matched to layers by identity (the tensors the forward pass
+    received); a tensor that no layer used is an error, not a silent zero gradient."""
     if not hasattr(loss_fn, "per_example"):
         raise TypeError(
             "activity perturbation needs per-example losses: pass an Objective's Loss "
             "(objective.on(batch)), not a plain function of the parameters"
         )
-    layers: list[PerturbedLayer] = []
+    names = {id(p): k for k, p in params.items()}
+    plan: list[LayerPlan] = []
 
-    def perturb(kind: str, x: Tensor, weight: Tensor, bias: Tensor, z: Tensor) -> Tensor:
-        primal, tangent = fwAD.unpack_dual(z)
-        shape = primal.shape[1:]
-        u = torch.stack(
+    def record(kind: str, x: Tensor, weight: Tensor, bias: Tensor, z: Tensor) -> Tensor:
+        if id(weight) not in names or id(bias) not in names:
+            raise ValueError("a layer's parameters are not among the estimator's params")
+        plan.append(LayerPlan(kind, names[id(weight)], names[id(bias)], tuple(z.shape[1:])))
+        return z
+
+    with torch.no_grad(), tap_layers(record):
+        loss_fn.per_example(params)
+    if not plan:
+        raise ValueError("activity perturbation needs a network with dense or conv layers")
+    unused = sorted(set(params) - {n for p in plan for n in (p.weight, p.bias)})
+    if unused:
+        raise ValueError(
+            f"no layer uses {', '.join(unused)}: activity perturbation has no gradient for it"
+        )
+    return tuple(plan)
+
+
+def draw_activity_noise(
+    plan: Sequence[LayerPlan], generators: Sequence[torch.Generator], like: Tensor
+) -> list[Tensor]:
+    """u ~ N(0, I) for every layer's pre-activations, per seed, layer by layer in forward order,
+    so a seed's draws do not depend on its population: (S, N, ...) per layer."""
+    return [
+        torch.stack(
             [
-                torch.randn(shape, generator=g, device=primal.device, dtype=primal.dtype)
+                torch.randn(layer.shape, generator=g, device=like.device, dtype=like.dtype)
                 for g in generators
             ]
         )
-        layers.append(PerturbedLayer(kind, weight, bias, fwAD.unpack_dual(x).primal, u))
+        for layer in plan
+    ]
+
+
+def _perturbed(
+    loss_fn: PerExampleLoss, params: Params, plan: Sequence[LayerPlan], noise: Sequence[Tensor]
+) -> tuple[Tensor, Tensor, list[PerturbedLayer]]:
+    """One forward-mode pass in which layer l's pre-activations carry the tangent noise[l]."""
+    inputs: list[Tensor] = []
+
+    def perturb(kind: str, x: Tensor, weight: Tensor, bias: Tensor, z: Tensor) -> Tensor:
+        u = noise[len(inputs)]
+        primal, tangent = fwAD.unpack_dual(z)
+        inputs.append(fwAD.unpack_dual(x).primal)
         return fwAD.make_dual(primal, u if tangent is None else tangent + u)
 
     with fwAD.dual_level(), tap_layers(perturb):
         losses, d = fwAD.unpack_dual(loss_fn.per_example(params))
-    if not layers:
-        raise ValueError("activity perturbation needs a network with dense or conv layers")
+    layers = [
+        PerturbedLayer(p.kind, params[p.weight], params[p.bias], x, u)
+        for p, x, u in zip(plan, inputs, noise, strict=True)
+    ]
     return losses, d, layers
+
+
+def perturbed_pass(
+    loss_fn: PerExampleLoss, params: Params, generators: Sequence[torch.Generator]
+) -> tuple[Tensor, Tensor, list[PerturbedLayer]]:
+    """(per-example losses (S, N), d (S, N), layers) from one forward-mode pass in which every
+    layer's pre-activations carry a N(0, I) tangent u drawn per seed (draw_activity_noise)."""
+    plan = layer_plan(loss_fn, params)
+    noise = draw_activity_noise(plan, generators, next(iter(params.values())))
+    return _perturbed(loss_fn, params, plan, noise)
 
 
 def _layer_gradients(layer: PerturbedLayer, delta: Tensor) -> tuple[Tensor, Tensor]:
@@ -387,44 +505,61 @@ def _layer_gradients(layer: PerturbedLayer, delta: Tensor) -> tuple[Tensor, Tens
     return grad_w.reshape(layer.weight.shape), delta.sum((1, 3, 4))
 
 
-def activity(tangents: int = 1) -> Estimator:
+ActivityDraws = tuple[tuple[LayerPlan, ...], list[list[Tensor]]]
+"""(the network's layers, K lists of per-layer noise)."""
+
+
+class Activity(Estimator):
     """Activity-perturbed forward gradient, averaged over K independent perturbations.
 
     The loss is the mean of N per-example losses, so ∇_{z_n} loss = ∇_{z_n} L_n / N, estimated
-    by d_n u_n / N. Parameters are matched to layers by identity (the tensors the forward pass
-    received); a tensor that no layer used is an error, not a silent zero gradient. `loss_fn`
-    must be a PerExampleLoss.
+    by d_n u_n / N. `loss_fn` must be a PerExampleLoss. Drawing the noise needs the layers'
+    shapes: `layer_plan` finds them with one no-grad pass, kept for as long as the loss and
+    the parameters' and batch's shapes stay the same (every step of a trial but a short last
+    mini-batch of an epoch).
     """
 
-    def estimate(
-        loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]
-    ) -> Estimate:
-        names = {id(p): k for k, p in params.items()}
+    def __init__(self, tangents: int) -> None:
+        self.tangents = tangents
+        self._plan: tuple[Any, tuple[LayerPlan, ...]] | None = None
+
+    def plan(self, loss_fn: PerExampleLoss, params: Params) -> tuple[LayerPlan, ...]:
+        batch = getattr(loss_fn, "batch", None)
+        key = (
+            getattr(loss_fn, "objective", loss_fn),
+            None if batch is None else tuple(batch.shape),
+            tuple((k, tuple(p.shape)) for k, p in params.items()),
+        )
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, layer_plan(loss_fn, params))
+        return self._plan[1]
+
+    def draw(
+        self, loss_fn: LossFn, params: Params, generators: Sequence[torch.Generator]
+    ) -> ActivityDraws:
+        plan = self.plan(loss_fn, params)
+        first = next(iter(params.values()))
+        return plan, [draw_activity_noise(plan, generators, first) for _ in range(self.tangents)]
+
+    def estimate(self, loss_fn: LossFn, params: Params, draws: ActivityDraws) -> Estimate:
+        plan, noises = draws
         grads = {k: torch.zeros_like(p) for k, p in params.items()}
-        loss, used = None, set()
-        for _ in range(tangents):
-            losses, d, layers = perturbed_pass(loss_fn, params, generators)
+        loss = None
+        for noise in noises:
+            losses, d, layers = _perturbed(loss_fn, params, plan, noise)
             loss = losses.mean(-1) if loss is None else loss
             scale = d / d.shape[-1]
-            for layer in layers:
+            for p, layer in zip(plan, layers, strict=True):
                 delta = layer.noise * scale.reshape(*scale.shape, *[1] * (layer.noise.dim() - 2))
                 grad_w, grad_b = _layer_gradients(layer, delta)
-                for tensor, grad in ((layer.weight, grad_w), (layer.bias, grad_b)):
-                    name = names.get(id(tensor))
-                    if name is None:
-                        raise ValueError(
-                            "a layer's parameters are not among the estimator's params"
-                        )
-                    grads[name] += grad
-                    used.add(name)
-        unused = sorted(set(params) - used)
-        if unused:
-            raise ValueError(
-                f"no layer uses {', '.join(unused)}: activity perturbation has no gradient for it"
-            )
-        return loss, _mean(grads, tangents)
+                grads[p.weight] += grad_w
+                grads[p.bias] += grad_b
+        return loss, _mean(grads, len(noises))
 
-    return estimate
+
+def activity(tangents: int = 1) -> Estimator:
+    """Activity perturbation with K perturbations per step (see Activity)."""
+    return Activity(tangents)
 
 
 def _mean(grads: Params, k: int) -> Params:
@@ -436,8 +571,7 @@ def _forward_method(per_tensor: bool) -> Callable[[TrainConfig], Estimator]:
     def build(config: TrainConfig) -> Estimator:
         if config.control_variate == "ema":
             return ControlVariate(config.tangent, config.tangents, per_tensor, config.cv_decay)
-        plain = forward_per_tensor if per_tensor else forward
-        return plain(config.tangent, config.tangents)
+        return ForwardGradient(config.tangent, config.tangents, per_tensor)
 
     return build
 

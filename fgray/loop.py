@@ -30,6 +30,7 @@ from fgray.config import ConfigError, TrainConfig
 from fgray.data import Dataset, check_finite, load_data
 from fgray.estimators import (
     DIAGNOSTICS,
+    EstimateFn,
     backprop,
     estimator_state,
     gradient_quality,
@@ -90,7 +91,9 @@ class PopulationTrainer:
         self.generators = [
             torch.Generator(self.device).manual_seed(training_seed(s)) for s in self.seeds
         ]
-        self._estimator, self._update = self.estimate, update
+        # The estimate and update the step runs: eager, or their compiled forms (compile: true).
+        self._estimate: EstimateFn | None = None
+        self._update = update
         self._compiled_parts: list[compiled.CompiledPart] = []
         if config.compile:
             self._set_up_compile()
@@ -108,18 +111,21 @@ class PopulationTrainer:
         self._warm_up()
 
     def _set_up_compile(self) -> None:
-        """Route the estimate and the update through torch.compile (fgray.compiled)."""
+        """Route the estimate and the update through torch.compile (fgray.compiled). The
+        estimator's random draws stay eager (Estimator.draw), so both modes use the same numbers."""
         missing = compiled.compiler_missing(self.device)
         if missing is not None:
             compiled.say_once(f"compile: {missing}; running eager")
             return
         compiled.use_cache()
         compiled.enable_autograd_tracing()
-        estimator = compiled.CompiledPart(self.estimate, f"the {self.config.method} estimate")
+        estimator = compiled.CompiledPart(
+            self.estimate.estimate, f"the {self.config.method} estimate"
+        )
         optimizer = compiled.CompiledPart(
             update, f"the {self.config.optimizer} update", fullgraph=False
         )
-        self._estimator, self._update = estimator, optimizer
+        self._estimate, self._update = estimator, optimizer
         self._compiled_parts = [estimator, optimizer]
 
     @property
@@ -230,11 +236,11 @@ class PopulationTrainer:
         start = time.perf_counter()
         if cfg.batch_size is None:
             loss_fn = self.objective.on()
-            loss, grads = self._estimator(loss_fn, self.params, self.generators)
+            loss, grads = self.estimate(loss_fn, self.params, self.generators, self._estimate)
         else:
             batch = self._next_batch(t)
             loss_fn = self.objective.on(batch)
-            loss, grads = self._estimator(loss_fn, self.params, self.generators)
+            loss, grads = self.estimate(loss_fn, self.params, self.generators, self._estimate)
             if check:
                 with torch.no_grad():
                     loss = self.objective.loss(self.params)  # threshold check: full training set

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -44,36 +43,39 @@ def per_seed(values: Tensor, like: Tensor) -> Tensor:
 LayerTap = Callable[[str, Tensor, Tensor, Tensor, Tensor], Tensor]
 """(kind, input, weight, bias, pre-activation) -> the pre-activation the network continues with."""
 
-_TAP: ContextVar[LayerTap | None] = ContextVar("fgray_layer_tap", default=None)
+# The active tap and checkpointing switch, one slot each. Plain module state rather than a
+# ContextVar because torch.compile traces the estimators that set them and Dynamo cannot trace a
+# ContextVar's mutation; a process trains one trial at a time (Ray gives each its own worker).
+_TAP: list[LayerTap | None] = [None]
+_CHECKPOINT: list[bool] = [False]
 
 
 @contextmanager
 def tap_layers(tap: LayerTap) -> Iterator[None]:
     """Within this block every dense and conv layer hands its pre-activation to `tap`."""
-    token = _TAP.set(tap)
+    previous = _TAP[0]
+    _TAP[0] = tap
     try:
         yield
     finally:
-        _TAP.reset(token)
-
-
-_CHECKPOINT: ContextVar[bool] = ContextVar("fgray_checkpoint_blocks", default=False)
+        _TAP[0] = previous
 
 
 @contextmanager
 def checkpoint_blocks() -> Iterator[None]:
     """Within this block every model block keeps only its input for the backward pass and is
     recomputed there: activation memory traded for one more forward pass."""
-    token = _CHECKPOINT.set(True)
+    previous = _CHECKPOINT[0]
+    _CHECKPOINT[0] = True
     try:
         yield
     finally:
-        _CHECKPOINT.reset(token)
+        _CHECKPOINT[0] = previous
 
 
 def block(fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
     """fn(*inputs), checkpointed when `checkpoint_blocks()` is active (and autograd records)."""
-    if _CHECKPOINT.get() and torch.is_grad_enabled():
+    if _CHECKPOINT[0] and torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(fn, *inputs, use_reentrant=False)
     return fn(*inputs)
 
@@ -99,7 +101,7 @@ def _conv_relu_pool(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 def layer_output(kind: str, x: Tensor, weight: Tensor, bias: Tensor, z: Tensor) -> Tensor:
     """A layer's pre-activation z = layer(x; weight, bias), through the tap if one is set."""
-    tap = _TAP.get()
+    tap = _TAP[0]
     return z if tap is None else tap(kind, x, weight, bias, z)
 
 
