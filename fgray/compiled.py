@@ -1,12 +1,13 @@
 """`compile: true`: the population step through torch.compile, or eager with the reason said once.
 
 Each part of the step (the estimate, the optimizer update) is compiled whole (`fullgraph=True`;
-the update's body, see CompiledPart):
-a part Dynamo cannot capture in one graph (today: the forward methods, whose per-seed
-`torch.Generator` draws and dual tensors it does not trace) is not half-compiled with silent graph
-breaks but runs eager, with one message naming the part and the reason, and the trial records
-`compiled = false`. Tracing runs on fake tensors, so a capture that fails has drawn no random
-numbers and changed no parameter: the eager fallback gives the eager run exactly.
+the update's body, see CompiledPart). The estimate compiled is `Estimator.estimate`, a pure
+function of (loss, params, draws): the per-seed `torch.Generator` draws, which Dynamo cannot
+trace, happen eagerly before it (`Estimator.draw`), so every method compiles and uses the numbers
+an eager run uses. A part Dynamo cannot capture in one graph is not half-compiled with silent
+graph breaks but runs eager, with one message naming the part and the reason, and the trial
+records `compiled = false`. Tracing runs on fake tensors, so a capture that fails has drawn no
+random numbers and changed no parameter: the eager fallback gives the eager run exactly.
 
 The first call of a part compiles it; the trainer takes the seconds of every call that compiled
 off the training clock and records them as the trial's compile seconds. Compiled code is
