@@ -265,7 +265,13 @@ def analyze(
     figures, skipped = plotting.make_all(trials, history, keys, result, out_dir, conditional)
     text = report.summary(result, keys, loaded.notes)
     sizes = scaling.analyze_sizes(
-        trials, history, keys, out_dir, len(figures), result.get("iterations_to_threshold")
+        trials,
+        history,
+        keys,
+        out_dir,
+        len(figures),
+        result.get("iterations_to_threshold"),
+        loaded.picks,
     )
     if sizes is None:
         skipped.append("scaling: no grouping key varies a size (dim, hidden or n_params)")

@@ -4,10 +4,16 @@ A sweep is a *size sweep* when a grouping key varies a size (`dim`, `hidden`) or
 parameter count `n_params` takes several values. Its groups then form *series* (every grouping key
 but the size, and `lr` where each size has one learning rate, as when the rate follows the size) and
 each series has one *point* per size. For each point: the median iterations to threshold with a 95 %
-CI, the same in modelled seconds (iterations x that size's measured cost per iteration), and on the
-sphere the theory's prediction (`fgray.analysis.theory`). For each series: a power-law fit
-median ∝ n^slope with a bootstrap CI. For each forward-only method against backprop in the same
-setting: the sizes where it reaches the threshold sooner, and the crossover, if any.
+CI, the same in modelled seconds (iterations x that size's measured cost per iteration) and in FLOPs
+(iterations x the step's FLOPs per seed, `fgray.cost`; none on the test functions, which have no
+matmuls), and on the sphere the theory's prediction (`fgray.analysis.theory`). For each series and
+measure: a power-law fit median ∝ n^slope with a bootstrap CI. For each forward-only method against
+backprop in the same setting and measure: the sizes where it reaches the threshold sooner, and the
+crossover, if any.
+
+A tuned size sweep (a spec with `tune:`) is analysed on its confirmation seeds, each size at the
+rate its tuning picked, and adds `scaling_tuned_lr`: the picked rate per series and size beside the
+sphere theory's optimum, or why no rate qualified.
 
 Each point's median and CI are the analysis' own competing-risks estimate (`stats.median`: the
 Aalen-Johansen cumulative incidence of reaching, divergence competing, caps censoring, percentile
@@ -54,11 +60,61 @@ POINT_COLUMNS = [
     "median_seconds_modelled",
     "seconds_ci_low",
     "seconds_ci_high",
+    "flops_per_iteration",
+    "median_flops",
+    "flops_ci_low",
+    "flops_ci_high",
     "predicted_median",
     "predicted_expected",
     "note",
 ]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One axis of the scaling views: a point's median, its CI and the factor from iterations."""
+
+    name: str
+    median: str
+    ci_low: str
+    ci_high: str
+    factor: str | None  # the points column that turns iterations into this unit
+    label: str
+
+
+MEASURES = (
+    Measure("iterations", "median_iterations", "ci_low", "ci_high", None, "iterations"),
+    Measure(
+        "seconds_modelled",
+        "median_seconds_modelled",
+        "seconds_ci_low",
+        "seconds_ci_high",
+        "seconds_per_iteration",
+        "modelled seconds (iterations x step cost at that size)",
+    ),
+    Measure(
+        "flops",
+        "median_flops",
+        "flops_ci_low",
+        "flops_ci_high",
+        "flops_per_iteration",
+        "FLOPs per seed (iterations x matmul/conv FLOPs per step)",
+    ),
+)
+NO_FLOPS = "no FLOP count (the counter sees matmuls and convolutions only; none here)"
 SLOPE_COLUMNS = ["series", "measure", "points", "slope", "ci_low", "ci_high", "note"]
+TUNED_COLUMNS = [
+    "series",
+    "n_params",
+    "picked_lr",
+    "theory_lr",
+    "ratio",
+    "grid_low",
+    "grid_high",
+    "grid_points",
+    "tuning_seeds",
+    "note",
+]
 CROSSOVER_COLUMNS = ["setting", "method", "measure", "sizes", "sooner_at", "crossover", "verdict"]
 
 
@@ -159,34 +215,49 @@ def _reaching(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return stats.durations(frame, "iterations")
 
 
-def _prediction(row: pd.Series, n: int) -> tuple[float, float]:
-    """(median, expected) steps to threshold on the sphere, where the theory covers the run."""
-    applies = (
-        row["model"] == "sphere"
-        and row.get("optimizer", "sgd") == "sgd"
-        and float(row.get("momentum", 0.0) or 0.0) == 0.0
-        and bool(row.get("threshold_relative", False))
-        and pd.isna(row.get("batch_size"))
-    )
-    method, tangent = row["method"], row.get("tangent", "normal")
+def sphere_estimator(row: pd.Series) -> tuple[str, int] | None:
+    """(tangent kind, K) of `fgray.analysis.theory` that describes this row's run, or None where
+    the sphere theory does not cover it (another model, optimizer, momentum, a control variate,
+    standardized tangents, activity perturbation). spsa is covered: a central difference is
+    exact on a quadratic, so spsa along z is the forward gradient along z; and the sphere has one
+    tensor, so forward-per-tensor is the joint forward gradient."""
+    if (
+        row.get("model") != "sphere"
+        or row.get("optimizer", "sgd") != "sgd"
+        or float(row.get("momentum", 0.0) or 0.0) != 0.0
+        or row.get("control_variate", "none") not in (None, "none")
+    ):
+        return None
+    method, tangent = row.get("method"), row.get("tangent", "normal")
     k = int(row.get("tangents", 1) or 1)
-    if not applies:
-        return math.nan, math.nan
     if method == "backprop":
-        kind, k = "exact", 1
-    elif method == "forward" and (tangent in ("normal", "orthogonal")):
-        kind = tangent
-        if kind == "normal" and k != 1:
-            return math.nan, theory.expected_hitting_time(
-                n, row["threshold"], 2 * row["lr"], kind, k
-            )
-    else:
+        return "exact", 1
+    if method in ("forward", "forward-per-tensor") and tangent in theory.TANGENTS:
+        return tangent, k
+    if method == "spsa" and tangent in ("normal", "rademacher"):
+        return tangent, k
+    return None
+
+
+def _prediction(row: pd.Series, n: int) -> tuple[float, float]:
+    """(median, expected) steps to threshold on the sphere, where the theory covers the run: the
+    median for the exact gradient, one normal tangent and orthogonal tangents; the expected-value
+    time for every covered estimator (theory.py)."""
+    estimator = sphere_estimator(row)
+    if (
+        estimator is None
+        or not bool(row.get("threshold_relative", False))
+        or not pd.isna(row.get("batch_size"))
+    ):
+        return math.nan, math.nan
+    kind, k = estimator
+    if kind == "orthogonal" and k > n:
         return math.nan, math.nan
     alpha, eps = 2 * float(row["lr"]), float(row["threshold"])
-    return (
-        theory.median_hitting_time(n, eps, alpha, kind, k).median,
-        theory.expected_hitting_time(n, eps, alpha, kind, k),
-    )
+    expected = theory.expected_hitting_time(n, eps, alpha, kind, k)
+    if kind == "rademacher" or (kind == "normal" and k != 1):
+        return math.nan, expected
+    return theory.median_hitting_time(n, eps, alpha, kind, k).median, expected
 
 
 def points(
@@ -199,7 +270,7 @@ def points(
 
     `computed`: the analysis' iterations_to_threshold table, whose median of a group is reused
     where a point is exactly one group (its bootstrap is the expensive part)."""
-    keys = series_keys(trials, by)
+    keys = series_keys(trials, [k for k in by if k != "phase"])
     known = {}
     if computed is not None and not computed.empty:
         known = {stats.key_of(r, by): r for _, r in computed.iterrows()}
@@ -221,6 +292,7 @@ def points(
             median, low, high = estimate.value, estimate.ci_low, estimate.ci_high
             note = estimate.note
         per_iter = float(np.nanmedian([cost_of.get(s, math.nan) for s in sub]))
+        flops = _flops_per_iteration(frame)
         first = frame.iloc[0]
         predicted, expected = _prediction(first, n)
         defined = math.isfinite(median)
@@ -241,6 +313,10 @@ def points(
                 "median_seconds_modelled": median * per_iter if defined else math.nan,
                 "seconds_ci_low": low * per_iter,
                 "seconds_ci_high": high * per_iter,
+                "flops_per_iteration": flops,
+                "median_flops": median * flops if defined else math.nan,
+                "flops_ci_low": low * flops,
+                "flops_ci_high": high * flops,
                 "predicted_median": predicted,
                 "predicted_expected": expected,
                 "note": note or "",
@@ -253,6 +329,17 @@ def points(
         return table, reaching
     table = table.sort_values(["series", "n_params"], kind="stable").reset_index(drop=True)
     return table, reaching
+
+
+def _flops_per_iteration(frame: pd.DataFrame) -> float:
+    """The point's FLOPs per step per seed (fgray.cost, measured once per trial); NaN where no
+    positive count was recorded: the counter sees matmuls and convolutions only, so the sphere
+    and the other test functions count 0 and have no FLOPs axis."""
+    if "step_flops_per_seed" not in frame:
+        return math.nan
+    values = frame["step_flops_per_seed"].to_numpy(dtype=float, na_value=np.nan)
+    values = values[np.isfinite(values) & (values > 0)]
+    return float(np.median(values)) if values.size else math.nan
 
 
 def fit_slope(n_params: np.ndarray, medians: np.ndarray) -> float:
@@ -293,20 +380,27 @@ def slope_with_ci(
 
 
 def slopes(table: pd.DataFrame, reaching: dict[tuple[str, int], np.ndarray]) -> pd.DataFrame:
+    """Every series' power-law slope in every measure (iterations, modelled seconds, FLOPs)."""
     rows = []
     for series, pts in table.groupby("series", sort=False):
         pts = pts[np.isfinite(pts["median_iterations"])]
-        sizes = pts["n_params"].tolist()
-        reach = [reaching[(series, n)] for n in sizes]
-        for measure, cost in (
-            ("iterations", None),
-            ("seconds_modelled", pts["seconds_per_iteration"].tolist()),
-        ):
-            slope, low, high, note = slope_with_ci(sizes, reach, cost)
+        for measure in MEASURES:
+            used = pts
+            if measure.factor is not None:
+                factor = pts[measure.factor].to_numpy(float)
+                used = pts[np.isfinite(factor) & (factor > 0)]
+            sizes = used["n_params"].tolist()
+            reach = [reaching[(series, n)] for n in sizes]
+            cost = None if measure.factor is None else used[measure.factor].tolist()
+            if measure.name == "flops" and len(sizes) < len(pts):
+                slope, low, high = math.nan, math.nan, math.nan
+                note = NO_FLOPS if used.empty else f"{NO_FLOPS} at {len(pts) - len(sizes)} sizes"
+            else:
+                slope, low, high, note = slope_with_ci(sizes, reach, cost)
             rows.append(
                 {
                     "series": series,
-                    "measure": measure,
+                    "measure": measure.name,
                     "points": len(sizes),
                     "slope": slope,
                     "ci_low": low,
@@ -333,13 +427,24 @@ def crossovers(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
         if backprop["series"].nunique() != 1:
             continue
         for series, other in frame[frame["method"] != stats.BACKPROP].groupby("series", sort=False):
-            for measure, column in (
-                ("iterations", "median_iterations"),
-                ("seconds_modelled", "median_seconds_modelled"),
-            ):
+            for measure in MEASURES:
+                if measure.median not in frame:
+                    continue
+                mine, ref = _counted(other, measure), _counted(backprop, measure)
+                if mine.empty or ref.empty:
+                    continue  # no FLOP count (the sphere): no crossover in FLOPs to speak of
                 name = _series_name(series, keys)
-                rows.append(_crossover(setting, name, measure, other, backprop, column))
+                rows.append(_crossover(setting, name, measure.name, mine, ref, measure.median))
     return pd.DataFrame(rows, columns=CROSSOVER_COLUMNS)
+
+
+def _counted(points: pd.DataFrame, measure: Measure) -> pd.DataFrame:
+    """The sizes where the measure's factor was counted (FLOPs: a positive count); a size where
+    the median is undefined stays (it never reached by half: slower than any number)."""
+    if measure.factor is None or measure.factor not in points:
+        return points
+    factor = points[measure.factor].to_numpy(float)
+    return points[np.isfinite(factor) & (factor > 0)]
 
 
 def _crossover(
@@ -393,30 +498,148 @@ def _log_ratio(a: float, b: float) -> float:
     return math.log(a / b)
 
 
+# -- tuned size sweeps -----------------------------------------------------------------------------
+TUNING, CONFIRMATION = "tuning", "confirmation"
+
+
+def is_tuned(trials: pd.DataFrame) -> bool:
+    """A sweep with a `tune:` stage: its rows carry phase tuning (and confirmation, once picked)."""
+    return "phase" in trials and bool((trials["phase"] == TUNING).any())
+
+
+def tuned_rates(
+    trials: pd.DataFrame, by: Sequence[str], picks: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Per series and size of a tuned size sweep: the learning rate the tuning picked, beside the
+    sphere theory's optimum (`theory.optimal_lr`, lr* = α*/2 on fgray's Σ x_i²) where it covers
+    the run, their ratio, and the grid it was picked from. A size where no rate qualified, or
+    whose pick is not recorded yet, says so in `note` (from the picks file's reason where there
+    is one: `picks`, as `fgray.results.load_picks` returns it)."""
+    tuning = trials[trials["phase"] == TUNING]
+    confirmation = trials[trials["phase"] == CONFIRMATION]
+    keys = series_keys(tuning, [k for k in by if k not in ("phase", "lr")])
+    recorded = {}
+    if picks is not None and not picks.empty:
+        recorded = {(r["experiment"], r["group"]): r for _, r in picks.iterrows()}
+    rows = []
+    for key, frame in stats.groups(tuning[tuning["n_params"].notna()], [*keys, "n_params"]):
+        n = int(key.pop("n_params"))
+        groups = frame[["experiment", "group"]].drop_duplicates()
+        confirmed = confirmation.merge(groups, on=["experiment", "group"])
+        picked = sorted(confirmed["picked_lr"].dropna().unique())
+        note = ""
+        if len(picked) > 1:
+            note = f"{len(picked)} different picks pooled: {', '.join(f'{p:g}' for p in picked)}"
+        if not picked:
+            why = [recorded.get((e, g)) for e, g in groups.itertuples(index=False)]
+            if any(r is not None and pd.notna(r["picked_lr"]) for r in why):
+                picked = [float(next(r for r in why if r is not None)["picked_lr"])]
+                note = "picked; its confirmation seeds have no results yet"
+            elif any(r is not None for r in why):
+                note = next(r for r in why if r is not None)["reason"]
+            else:
+                note = "no pick recorded yet (the tuning phase has not finished)"
+        lr = float(np.median(picked)) if picked else math.nan
+        estimator = sphere_estimator(frame.iloc[0])
+        best = math.nan
+        if estimator is not None and not (estimator[0] == "orthogonal" and estimator[1] > n):
+            best = theory.optimal_lr(n, *estimator)
+        grid = np.sort(frame["lr"].unique())
+        if picked and len(grid) > 1 and lr in (grid[0], grid[-1]):
+            edge = "largest" if lr == grid[-1] else "smallest"
+            note = "; ".join(filter(None, [note, f"the {edge} rate of the grid"]))
+        rows.append(
+            {
+                "series": stats.label(key) if key else "all",
+                **{k: stats.plain_value(v) for k, v in key.items()},
+                "n_params": n,
+                "picked_lr": lr,
+                "theory_lr": best,
+                "ratio": lr / best if picked and math.isfinite(best) else math.nan,
+                "grid_low": float(grid[0]),
+                "grid_high": float(grid[-1]),
+                "grid_points": len(grid),
+                "tuning_seeds": int(frame.groupby("lr")["seed"].nunique().min()),
+                "note": note,
+            }
+        )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=TUNED_COLUMNS)
+    return table.sort_values(["series", "n_params"], kind="stable").reset_index(drop=True)
+
+
+def tuned_figure(table: pd.DataFrame, keys: Sequence[str], out_dir: str, index: int) -> list[Plot]:
+    """One figure per setting: the picked learning rate against n, log-log, with the theory's
+    optimum as a line where it applies and the grid's range shaded; sizes where no rate
+    qualified are listed in the legend."""
+    plots = []
+    table = table.assign(_setting=[_setting(r, keys) for _, r in table.iterrows()])
+    for i, (setting, frame) in enumerate(table.groupby("_setting", sort=False)):
+        fig = Figure(figsize=(8, 5.5), layout="constrained")
+        ax = fig.subplots()
+        ax.axhspan(frame["grid_low"].min(), frame["grid_high"].max(), color="0.92", zorder=0)
+        for j, (series, pts) in enumerate(frame.groupby("series", sort=False)):
+            color, name = f"C{j % 10}", _series_name(series, keys)
+            have = pts[pts["picked_lr"].notna()]
+            ax.plot(have["n_params"], have["picked_lr"], "o", color=color, label=f"{name}: picked")
+            best = pts[pts["theory_lr"].notna()]
+            if not best.empty:
+                ax.plot(best["n_params"], best["theory_lr"], "--", marker="_", markersize=14,
+                        color=color, linewidth=1, label=f"{name}: theory lr* = α*/2")  # fmt: skip
+            missing = pts[pts["picked_lr"].isna()]
+            if not missing.empty:
+                sizes = ", ".join(f"{n:,}" for n in missing["n_params"])
+                ax.plot([], [], "x", color=color, label=f"{name}: no rate qualified at n = {sizes}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("parameters per seed (n)")
+        ax.set_ylabel("learning rate picked by the tuning stage")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        title = f"Scaling: tuned learning rate against size ({setting})"
+        fig.suptitle(f"{title}\nshaded: the tuning grid's range", fontsize=10)
+        path = os.path.join(out_dir, f"scaling-lr-{index + i:02d}.png")
+        fig.savefig(path, dpi=DPI, format="png")
+        plots.append(Plot(path=path, kind="scaling", title=title))
+    return plots
+
+
+def _tuned_summary(table: pd.DataFrame) -> list[str]:
+    lines = ["Tuned learning rates (picked / theory lr*, where the sphere theory applies):"]
+    for series, pts in table.groupby("series", sort=False):
+        ratios = pts["ratio"].dropna()
+        picked = pts["picked_lr"].notna()
+        text = f"  {series}: picked at {int(picked.sum())} of {len(pts)} sizes"
+        if len(ratios):
+            text += (
+                f"; ratio {ratios.min():.3g} ... {ratios.max():.3g} "
+                f"(median {ratios.median():.3g}) over {len(ratios)} sizes"
+            )
+        lines.append(text)
+        for _, r in pts[~picked].iterrows():
+            lines.append(f"    n = {r['n_params']:,}: {r['note']}")
+    return lines
+
+
 # -- the figure ------------------------------------------------------------------------------------
 def figure(
     table: pd.DataFrame, slope_table: pd.DataFrame, keys: Sequence[str], out_dir: str, index: int
 ) -> list[Plot]:
-    """One figure per setting: median iterations and modelled seconds against n, log-log."""
+    """One figure per setting: median iterations, modelled seconds and FLOPs against n, log-log
+    (a panel says so where no FLOPs were counted)."""
     plots = []
     table = table.assign(_setting=[_setting(r, keys) for _, r in table.iterrows()])
     for i, (setting, frame) in enumerate(table.groupby("_setting", sort=False)):
-        fig = Figure(figsize=(12, 5), layout="constrained")
-        axes = fig.subplots(1, 2)
-        for ax, (measure, column, low, high, label) in zip(
-            axes,
-            (
-                ("iterations", "median_iterations", "ci_low", "ci_high", "iterations"),
-                (
-                    "seconds_modelled",
-                    "median_seconds_modelled",
-                    "seconds_ci_low",
-                    "seconds_ci_high",
-                    "modelled seconds (iterations x step cost at that size)",
-                ),
-            ),
-            strict=True,
-        ):
+        fig = Figure(figsize=(18, 5), layout="constrained")
+        axes = fig.subplots(1, len(MEASURES))
+        for ax, m in zip(axes, MEASURES, strict=True):
+            measure, column, low, high, label = m.name, m.median, m.ci_low, m.ci_high, m.label
+            if m.factor is not None and not (frame[m.factor] > 0).any():
+                ax.text(0.5, 0.5, NO_FLOPS.replace("; ", ";\n"), ha="center", va="center",
+                        transform=ax.transAxes, fontsize=8)  # fmt: skip
+                ax.set_axis_off()
+                continue
             for j, (series, pts) in enumerate(frame.groupby("series", sort=False)):
                 color = f"C{j % 10}"
                 # log axes: a median of 0 (reached before the first step) cannot be drawn
@@ -480,39 +703,68 @@ def analyze_sizes(
     out_dir: str,
     index: int = 0,
     computed: pd.DataFrame | None = None,
+    picks: pd.DataFrame | None = None,
 ) -> Scaling | None:
     """The scaling tables, figures and summary of a size sweep; None for any other sweep.
-    `computed`: the analysis' iterations_to_threshold table, reused (see `points`)."""
+    `computed`: the analysis' iterations_to_threshold table, reused (see `points`). In a tuned
+    sweep the scaling views use the confirmation seeds only (each size at its picked rate, on
+    seeds the tuning did not see) and `scaling_tuned_lr` reports the picks (`picks`: the picks
+    files' rows, for the reason a size has none)."""
     if "n_params" not in trials or not is_size_sweep(trials, by):
         return None
-    table, reaching = points(trials, history, by, computed)
+    tuned = is_tuned(trials)
+    used = trials[trials["phase"] == CONFIRMATION] if tuned else trials
+    tables: dict[str, pd.DataFrame] = {}
+    plots: list[Plot] = []
+    lines: list[str] = []
+    if tuned:
+        rates = tuned_rates(trials, by, picks)
+        tables["scaling_tuned_lr"] = rates
+        if not rates.empty:
+            keys = series_keys(trials, [k for k in by if k not in ("phase", "lr")])
+            plots += tuned_figure(rates, keys, out_dir, index)
+            lines += _tuned_summary(rates)
+    table, reaching = points(used, history, by, computed)
     if table.empty:
-        return None
-    keys = series_keys(trials, by)
+        if not tables:
+            return None
+        lines.insert(0, "Scaling: no confirmation seeds with results yet (tuned sweep)")
+        return Scaling(tables=tables, plots=plots, summary="\n".join(lines))
+    keys = series_keys(used, [k for k in by if k != "phase"])
     slope_table = slopes(table, reaching)
     cross = crossovers(table, keys)
-    plots = figure(table, slope_table, keys, out_dir, index)
+    plots = figure(table, slope_table, keys, out_dir, index + len(plots)) + plots
     not_cap = table.loc[~table["_cap_only"], "series"].unique()
     table = table.drop(columns="_cap_only")
-    lines = ["Scaling (median iterations to threshold ∝ n^slope, 95% bootstrap CI):"]
-    for _, r in slope_table.iterrows():
-        lines.append(
+    head = "Scaling (median to threshold ∝ n^slope, 95% bootstrap CI"
+    head += "; confirmation seeds at each size's tuned rate):" if tuned else "):"
+    out = [head]
+    no_flops = slope_table["note"].str.startswith(NO_FLOPS) & (slope_table["measure"] == "flops")
+    for _, r in slope_table[~no_flops].iterrows():
+        out.append(
             f"  {r['series']} [{r['measure']}]: slope {_f(r['slope'])} "
             f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}] over {r['points']} sizes"
             + (f" ({r['note']})" if r["note"] else "")
         )
-    lines += [
+    if no_flops.any():
+        out.append(f"  FLOPs: {NO_FLOPS} in " + ", ".join(slope_table.loc[no_flops, "series"]))
+    out += [
         f"  {r['setting']}: {r['method']} vs backprop [{r['measure']}]: {r['verdict']}"
         for _, r in cross.iterrows()
     ]
     if len(not_cap):
-        lines.append(
+        out.append(
             "  note: seeds censored before the last hitting time (a time cap) in "
             + ", ".join(not_cap)
             + ": their medians treat censored seeds as never reaching"
         )
-    tables = {"scaling_points": table, "scaling_slopes": slope_table, "scaling_crossover": cross}
-    return Scaling(tables=tables, plots=plots, summary="\n".join(lines))
+    tables = {
+        "scaling_points": table,
+        "scaling_slopes": slope_table,
+        "scaling_crossover": cross,
+        **tables,
+    }
+    return Scaling(tables=tables, plots=plots, summary="\n".join(out + lines))
 
 
 def _f(x: float) -> str:

@@ -156,6 +156,9 @@ def median_hitting_time(
     """The median seed's steps to f < ε f_0 and the seeds' standard deviation around it."""
     alpha = optimal_alpha(n, tangent, k) if alpha is None else alpha
     _check_epsilon(epsilon)
+    if (tangent == "exact" or (tangent == "orthogonal" and k == n)) and alpha == 1.0:
+        # the exact gradient's step α = 1 (lr 1/2) lands on the minimum: f_1 = 0
+        return HittingTime(1.0, 0.0, math.inf, 0.0)
     step = log_step(n, alpha, tangent, k)
     if not step.mu > 0:
         return HittingTime(math.inf, math.inf, step.mu, step.sigma)
