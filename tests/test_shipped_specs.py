@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -67,22 +68,61 @@ def test_test_functions_cover_sphere_rosenbrock_beale():
     assert {m for m, *_ in groups("test-functions")} == {"sphere", "rosenbrock", "beale"}
 
 
-def test_scaling_sweeps_sizes_from_1_to_16384_and_networks_from_100_to_a_million_parameters():
-    plans = load_spec(SWEEPS / "scaling.yaml").trials()
-    configs = {plan.config for plan in plans}
-    sphere = {(c.dim, c.method) for c in configs if c.model == "sphere"}
-    assert sphere == {(2**k, m) for k in range(15) for m in ("forward", "backprop")}
+def _sizes_and_methods(name: str) -> tuple[object, set]:
+    spec = load_spec(SWEEPS / f"{name}.yaml")
+    configs = {plan.config.replace(lr=0.01) for plan in spec.trials()}
+    return spec, configs
+
+
+@pytest.mark.parametrize("name, top", [("scaling", 14), ("scaling-small", 10)])
+def test_scaling_sphere_is_tuned_on_a_grid_holding_every_sizes_theory_optimum(name, top):
+    """Sphere n = 2^0 ... 2^top, backprop, the paper's forward gradient, orthogonal K = 16 (n >= 16)
+    and spsa, each tuned; the grid brackets the theory's lr* at every size and holds a rate within
+    a factor (n + 2)/n of it (the spec header's promise)."""
+    from fgray.analysis import theory
+
+    spec, configs = _sizes_and_methods(name)
+    kinds = {"backprop": ("exact", 1), "spsa": ("normal", 1)}
+    got = set()
     for c in configs:
-        if c.model == "sphere" and c.method == "forward":
-            assert c.lr == pytest.approx(1 / (2 * (c.dim + 2)))  # the theory's α* = 1/(n+2)
-            assert c.threshold_relative
-    counts = sorted(c.n_params for c in configs if c.model == "mlp")
+        assert c.model == "sphere" and c.threshold_relative and c.threshold == 0.01
+        kind = kinds.get(c.method, (c.tangent, c.tangents))
+        got.add((c.dim, c.method, *kind))
+        best = theory.optimal_lr(c.dim, *kind)
+        assert min(spec.tune.lrs) < best <= max(spec.tune.lrs)
+        nearest = min(abs(math.log(lr / best)) for lr in spec.tune.lrs)
+        assert nearest <= math.log((c.dim + 2) / c.dim) + 1e-9
+    sizes = [2**k for k in range(top + 1)]
+    assert got == {
+        *(
+            (n, m, *kinds.get(m, ("normal", 1)))
+            for n in sizes
+            for m in ("backprop", "forward", "spsa")
+        ),
+        *((n, "forward", "orthogonal", 16) for n in sizes if n >= 16),
+    }
+    assert len(spec.seeds) >= 30 and len(spec.tune.seeds) >= 10
+
+
+def test_scaling_networks_run_every_method_tuned_from_100_to_a_million_parameters():
+    spec, configs = _sizes_and_methods("scaling-mlp")
+    counts = sorted(c.n_params for c in configs)
     assert counts[0] < 200 and counts[-1] > 800_000
-    assert {c.resolved_data for c in configs if c.model == "mlp"} == {"penguins", "mnist-t10k"}
-    seeds: Counter = Counter()
-    for plan in plans:
-        seeds[plan.config] += len(plan.seeds)
-    assert min(seeds.values()) >= 30
+    assert {c.resolved_data for c in configs} == {"penguins", "mnist-t10k"}
+    methods = {(c.method, c.tangent, c.tangents) for c in configs}
+    assert methods == {
+        ("backprop", "normal", 1),
+        ("forward", "normal", 1),
+        ("activity", "normal", 1),
+        ("forward", "orthogonal", 16),
+        ("spsa", "normal", 1),
+    }
+    # the replication report's hand-picked rates (0.01 ... 0.1) lie inside the grid
+    assert min(spec.tune.lrs) < 0.01 and max(spec.tune.lrs) > 0.1
+    assert len(spec.seeds) >= 30
+    small, small_configs = _sizes_and_methods("scaling-small-mlp")
+    assert {(c.method, c.tangent, c.tangents) for c in small_configs} == methods
+    assert small.tune is not None and len(small.seeds) >= 30
 
 
 def estimator_kinds(name: str) -> dict[str, set[tuple]]:
