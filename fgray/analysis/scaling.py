@@ -713,7 +713,8 @@ def analyze_sizes(
     if "n_params" not in trials or not is_size_sweep(trials, by):
         return None
     tuned = is_tuned(trials)
-    used = trials[trials["phase"] == CONFIRMATION] if tuned else trials
+    # the tuning seeds picked the rates: only the others (confirmation, untuned runs) are measured
+    used = trials[trials["phase"] != TUNING] if tuned else trials
     tables: dict[str, pd.DataFrame] = {}
     plots: list[Plot] = []
     lines: list[str] = []
