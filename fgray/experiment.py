@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pickletools
 import re
 import socket
 import time
@@ -415,6 +416,50 @@ def checkpoints(run_uri: str) -> dict[str, tuple[str, ...]]:
             found[trial.base_name] = tuple(
                 run.join(trial.base_name, name).uri for _, name in sorted(numbered, reverse=True)
             )
+    return found
+
+
+def lost_checkpoints(run_uri: str) -> dict[str, tuple[str, ...]]:
+    """Trial name -> the checkpoints that Tune's newest saved state of this run registers for it,
+    that Tune would restore it from (it is unfinished or errored), but that are gone from storage.
+
+    Tune deletes a trial's older checkpoints (num_to_keep) before it saves the state that stops
+    naming them, so a driver killed in between leaves such a state; restored from it, Tune fails
+    every retry of that trial and prints each failure. Tune pickles the checkpoints into its JSON
+    state: their paths are read from the pickle's strings (pickletools), so nothing in the file
+    runs and no Ray is needed. A state fgray cannot read this way counts as naming none."""
+    run = locate(run_uri)
+    states = sorted(i.base_name for i in run.listing() if TUNE_STATE.fullmatch(i.base_name))
+    if not states:
+        return {}
+    try:  # Tune restores the newest, by name (experiment_state-<timestamp>.json)
+        with run.fs.open_input_stream(run.join(states[-1]).path) as stream:
+            trial_data = json.loads(stream.read())["trial_data"]
+        lost: dict[str, tuple[str, ...]] = {}
+        for trial_json, metadata_json in trial_data:
+            if json.loads(trial_json).get("status") == "TERMINATED":
+                continue  # kept as it is: Tune restores nothing of it
+            registered = _pickled_checkpoints(json.loads(metadata_json).get("checkpoint_manager"))
+            for trial, name in sorted(registered):
+                if not run.join(trial, name).exists():
+                    lost[trial] = (*lost.get(trial, ()), name)
+        return lost
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _pickled_checkpoints(encoded: Any) -> set[tuple[str, str]]:
+    """(trial directory, checkpoint directory) of every checkpoint path in Tune's pickled
+    checkpoint manager ({"_type": "CLOUDPICKLE_FALLBACK", "value": hex} in its JSON state).
+    Tune finds a moved run's checkpoints by these two names under the run's new place."""
+    if not isinstance(encoded, dict) or not isinstance(encoded.get("value"), str):
+        return set()
+    found = set()
+    for _, arg, _ in pickletools.genops(bytes.fromhex(encoded["value"])):
+        if isinstance(arg, str) and "/" in arg:
+            parts = arg.rstrip("/").split("/")
+            if TUNE_CHECKPOINT.fullmatch(parts[-1]) and len(parts) >= 2 and parts[-2]:
+                found.add((parts[-2], parts[-1]))
     return found
 
 

@@ -6,7 +6,8 @@ per planned trial, in consecutive Tune runs of at most `trials_per_run` trials: 
 trial of a run in the driver's memory, so a run per chunk keeps a 10,000-trial sweep's driver as
 small as a 1,000-trial one's. The first run is Tune's experiment at the experiment directory;
 later ones nest inside it. `resume` restores the last Tune run (finished trials stay finished,
-unfinished ones continue from their checkpoints, errored ones are retried) and then re-runs every
+unfinished ones continue from their checkpoints, errored ones are retried; not when Tune's state
+names a checkpoint gone from storage, which Tune would fail to restore) and then re-runs every
 trial whose results are missing or damaged, from its newest checkpoint if it has one
 (`fgray.experiment.survey` decides, as `fgray status` predicts), so every seed ends up in the
 results exactly once. A spec with `tune:` runs in two phases (`_confirm`): the tuning trials,
@@ -380,12 +381,24 @@ def resume(
 def _restored_tuner(manifest: Manifest) -> Any | None:
     """The last Tune run's saved state (earlier runs ended before it started), or None when
     there is none to restore: the driver died before Tune saved that run's first experiment
-    state, or Tune's files are damaged. The repair run then trains the unfinished plans from
-    their newest checkpoints, which gives the same results (training is deterministic)."""
+    state, the state names a checkpoint gone from storage, or Tune's files are damaged. The
+    repair run then trains the unfinished plans from their newest checkpoints, which gives the
+    same results (training is deterministic)."""
     from ray import tune
 
     uri = manifest.run_uri(manifest.last_run)
     if not (experiment.tune_state_saved(uri) and tune.Tuner.can_restore(uri)):
+        return None
+    # Tune's rotation deleted a checkpoint that the saved state still names (the driver died
+    # between the two): restored, Tune would fail that trial max_failures + 1 times, printing
+    # each failure. Restore nothing; the repair run continues every unfinished trial from its
+    # newest checkpoint on storage instead.
+    lost = experiment.lost_checkpoints(uri)
+    if lost:
+        print(
+            f"fgray: Tune's saved state in {uri} names checkpoints deleted since "
+            f"({_listed(lost)}); continuing the unfinished trials from their newest checkpoints"
+        )
         return None
     # A trial Tune restores without a checkpoint of its own (none registered in its saved state
     # yet) continues from its newest one on storage, as `fgray status` said it would.
@@ -406,11 +419,16 @@ def _restored_tuner(manifest: Manifest) -> Any | None:
         return None
 
 
+def _listed(lost: Mapping[str, Sequence[str]], most: int = 3) -> str:
+    names = [f"{trial}/{', '.join(checkpoints)}" for trial, checkpoints in lost.items()]
+    more = f" and {len(names) - most} more trials" if len(names) > most else ""
+    return "; ".join(names[:most]) + more
+
+
 def _repair(manifest: Manifest, verbose: int) -> dict[str, str]:
-    """Run again every plan without a complete, readable, error-free result, including one that
-    just failed in the restored run (Tune's saved state can name a checkpoint that its own
-    rotation deleted just before the driver died; Tune fails every retry of such a trial). Each
-    continues from its newest checkpoint in the last Tune run, or starts from iteration 0."""
+    """Run again every plan without a complete, readable, error-free result: all unfinished ones
+    when Tune's state was not restored, else those it did not finish, or that just failed in it.
+    Each continues from its newest checkpoint in the last Tune run, or starts from iteration 0."""
     for name in _scan(manifest).damaged:
         results.remove_trial(manifest.experiment_uri, name)
     survey = experiment.survey(manifest, _scan(manifest))

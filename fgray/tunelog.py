@@ -1,12 +1,13 @@
 """Ray Tune's messages about situations fgray handles: kept out of the terminal, kept in a log.
 
-On `fgray resume`, Tune logs an ERROR with a traceback for a checkpoint its saved state names but
-its own rotation deleted, and another for each retry of that trial (fgray re-runs it from scratch
-afterwards), a "Failed to fetch metrics"
-warning per trial that never reported (fgray reads its own Parquet results, not Tune's), and, after
-Ctrl-C or SIGTERM, "Resume experiment with: Tuner.restore(...)" (fgray prints its own `fgray
-resume` command). A user reads those as failures. They still go, with every other message of Ray's
-driver loggers, to `fgray-driver.log` in the Ray session's log directory.
+Tune logs a "Failed to fetch metrics" warning per trial that never reported (fgray reads its own
+Parquet results, not Tune's) and, after Ctrl-C or SIGTERM, "Resume experiment with:
+Tuner.restore(...)" (fgray prints its own `fgray resume` command). Restored from a saved state that
+names a checkpoint gone from storage, Tune would log an ERROR with a traceback for it and for each
+retry of that trial; `fgray resume` hands no such state to Tune (fgray.sweep), so these remain
+only for a checkpoint that vanishes after that check, and fgray re-runs the trial afterwards. A
+user reads all of them as failures. They still go, with every other message of Ray's driver
+loggers, to `fgray-driver.log` in the Ray session's log directory.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ HANDLED = (
     "Resume experiment with: Tuner.restore",
     "Trials did not complete",  # fgray names each failed trial and the error it recorded
 )
-# A trial restored from a checkpoint that rotation deleted fails each retry with this; fgray then
-# runs it again from scratch (sweep._repair): its tracebacks say nothing the user must act on.
+# A trial restored from a checkpoint that has vanished fails each retry with this; fgray then runs
+# it again (sweep._repair): its tracebacks say nothing the user must act on.
 HANDLED_ERRORS = ("Could not recover from checkpoint as it does not exist on storage anymore",)
 LOG_FILE = "fgray-driver.log"
 
