@@ -75,8 +75,9 @@ def start_driver(args: list[str], log: Path) -> subprocess.Popen:
 def session_members(leader: int) -> list[Any]:
     """Every process in the session a driver from `start_driver` leads (Ray's daemons share its
     process group; each trial worker has a group of its own in that session)."""
-    import psutil
     import ray  # noqa: F401  (Ray ships psutil and puts it on the path when imported)
+
+    import psutil  # isort: skip
 
     found = []
     for p in psutil.process_iter():
@@ -89,7 +90,9 @@ def session_members(leader: int) -> list[Any]:
 def kill_group(process: subprocess.Popen) -> None:
     """SIGKILL a driver and every process of its session, and wait until all are gone, so the
     next driver starts on a machine where none of them is left (an event, not a sleep)."""
-    import psutil
+    import ray  # noqa: F401  (Ray ships psutil and puts it on the path when imported)
+
+    import psutil  # isort: skip
 
     members = session_members(process.pid)
     with contextlib.suppress(ProcessLookupError):
@@ -124,10 +127,11 @@ def resume_points(experiment: Path, run: Path | None = None) -> dict[str, int]:
     """What resuming must continue each trial from, predicted from the files alone (call it with
     the driver dead, before resuming): trial name -> the training iteration of its checkpoint.
 
-    A trial Tune's saved state lists as unfinished with a registered checkpoint that is still
-    on disk continues from that one (read by Tune's own ExperimentAnalysis); any other trial
-    without results continues from its newest readable checkpoint in the Tune run `run` (the
-    last one; default the experiment itself), if it has one. Every other trial starts from 0."""
+    A trial Tune's saved state lists as unfinished with a registered checkpoint continues from
+    that one (read by Tune's own ExperimentAnalysis), unless a checkpoint that state registers
+    for an unfinished trial is gone from disk: then resume restores nothing of Tune's. Any other
+    trial without results continues from its newest readable checkpoint in the Tune run `run`
+    (the last one; default the experiment itself), if it has one. Every other starts from 0."""
     import torch
     from ray.tune import ExperimentAnalysis
 
@@ -141,6 +145,14 @@ def resume_points(experiment: Path, run: Path | None = None) -> dict[str, int]:
     try:
         tune_trials = ExperimentAnalysis(str(run)).trials
     except Exception:  # no state saved yet, or a damaged one: nothing registered
+        tune_trials = []
+    unfinished = [t for t in tune_trials if t.status != "TERMINATED"]
+    registered = [
+        Path(result.checkpoint.path)
+        for t in unfinished
+        for result in t.run_metadata.checkpoint_manager.best_checkpoint_results
+    ] + [Path(t.checkpoint.path) for t in unfinished if t.checkpoint is not None]
+    if not all(path.exists() for path in registered):
         tune_trials = []
     points: dict[str, int] = {}
     for trial in tune_trials:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,6 +164,9 @@ def test_sigterm_stops_a_sweep_like_ctrl_c_and_prints_the_resume_command(tmp_pat
     assert f"terminated: continue with `fgray resume {experiment}`" in log, log
     for crash in ("Traceback", "SIGABRT", "Aborted", "*** SIG", "Tuner.restore"):
         assert crash not in log, log
+    # Tune's own resume advice, kept out of the terminal, is in the driver log the output names
+    kept = re.search(r"handled are in (\S+fgray-driver\.log)\)", log)
+    assert kept and "Tuner.restore" in Path(kept[1]).read_text(), log
     assert list(experiment.glob("experiment_state-*.json"))  # Tune saved its state on the way
     status = subprocess.run(
         [*FGRAY, "status", str(experiment)], capture_output=True, text=True, timeout=120

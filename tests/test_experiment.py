@@ -1,7 +1,8 @@
 """The experiment directory and the results store, without Ray: one seed grammar for the command
 line and specs, GPUs reserved only for trials that say device cuda, typed trial plans that survive
 the manifest, a driver lock that tells a reused pid from its holder, result parts that must hold
-their own trial's rows, and the scheduler watching the metric the trainable reports.
+their own trial's rows, the scheduler watching the metric the trainable reports, and the
+checkpoints that Tune's saved state names but its rotation deleted, read without unpickling.
 
 (What resume does with each trial, as `fgray status` predicts it, runs real sweeps:
 test_reliability.py.)
@@ -224,3 +225,73 @@ def test_asha_ranks_trials_by_a_metric_the_trainable_reports():
     reported = trainable._metrics(trainer)
     assert asha._metric in reported and asha._time_attr in reported
     assert reported[asha._time_attr] == trainer.iteration
+
+
+# -- Tune's saved state naming checkpoints its rotation deleted ------------------------------------
+class RunsOnUnpickling:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoints_tune_registered_but_rotated_away_are_named_without_unpickling(tmp_path):
+    """Tune's own checkpoint manager (num_to_keep=2) and run metadata, serialised as Tune saves
+    them: the state saved after two checkpoints, then a third registered, which deletes the first
+    (the kill between the two leaves exactly that). Only unfinished trials count, the run may have
+    moved since, and nothing in the state is unpickled."""
+    import pickle
+
+    from ray import tune
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    old = tmp_path / "old" / "exp"
+
+    def trial_state(name: str, status: str, registered: int, then: int) -> list[str]:
+        """Tune's state of a trial saved after `registered` checkpoints; `then` registered."""
+        manager = _CheckpointManager(tune.CheckpointConfig(num_to_keep=2))
+        saved = ""
+        for i in range(then + 1):
+            if i == registered:
+                metadata = _TrainingRunMetadata()
+                metadata.checkpoint_manager = manager
+                saved = metadata.get_json_state()
+            if i < then:
+                path = old / name / f"checkpoint_{i:06d}"
+                path.mkdir(parents=True)
+                manager.register_checkpoint(
+                    _TrainingResult(tune.Checkpoint.from_directory(str(path)), {"iteration": i})
+                )
+        return [json.dumps({"status": status}), saved]
+
+    marker = tmp_path / "ran"
+    hostile = {"checkpoint_manager": {"value": pickle.dumps(RunsOnUnpickling(marker)).hex()}}
+    state = {
+        "trial_data": [
+            trial_state("a", "RUNNING", registered=2, then=3),  # checkpoint_000000 rotated away
+            trial_state("b", "PENDING", registered=2, then=2),  # intact
+            trial_state("c", "TERMINATED", registered=2, then=3),  # finished: not restored
+            trial_state("d", "ERROR", registered=2, then=4),  # both rotated away
+            [json.dumps({"status": "PENDING"}), json.dumps(hostile)],
+        ]
+    }
+    (old / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")  # an older state
+    (old / "experiment_state-2026-01-02_00-00-00.json").write_text(json.dumps(state))
+    assert not (old / "a" / "checkpoint_000000").exists()  # Tune's rotation deleted it
+
+    moved = tmp_path / "new" / "exp"
+    shutil.move(old.parent, moved.parent)
+    assert experiment.lost_checkpoints(str(moved)) == {
+        "a": ("checkpoint_000000",),
+        "d": ("checkpoint_000000", "checkpoint_000001"),
+    }
+    assert not marker.exists()
+    shutil.rmtree(moved / "b" / "checkpoint_000001")
+    assert experiment.lost_checkpoints(str(moved))["b"] == ("checkpoint_000001",)
+    # no saved state, or one fgray cannot read: nothing to report (Tune's restore judges it)
+    (moved / "experiment_state-2026-01-02_00-00-00.json").write_text("{not json")
+    assert experiment.lost_checkpoints(str(moved)) == {}
+    assert experiment.lost_checkpoints(str(tmp_path / "none")) == {}
