@@ -181,6 +181,7 @@ def test_relative_threshold_is_a_fraction_of_the_start_backprop_on_the_sphere_ex
     # lr 1/2 (α = 1) is the exact step to the minimum: one iteration, also for K = n orthogonal
     assert theory.median_hitting_time(n, 0.01, alpha=1.0, tangent="exact").median == 1
     assert theory.median_hitting_time(n, 0.01, alpha=1.0, tangent="orthogonal", k=n).median == 1
+    assert theory.expected_hitting_time(n, 0.01, alpha=1.0, tangent="exact") == 1
     config = config.replace(lr=0.5)
     assert train(config, [0]).results_frame()["iterations_to_threshold"].tolist() == [1]
 

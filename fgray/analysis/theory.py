@@ -100,8 +100,8 @@ def expected_hitting_time(
     alpha = optimal_alpha(n, tangent, k) if alpha is None else alpha
     _check_epsilon(epsilon)
     r = rate(alpha, n, tangent, k)
-    if r <= 0.0:
-        return 0.0 if r == 0.0 else math.nan
+    if r <= 0.0:  # ρ = 0: the exact step α = 1 lands on the minimum, f_1 = 0 < ε f_0
+        return 1.0 if r == 0.0 else math.nan
     if r >= 1.0:
         return math.inf
     return math.log(1.0 / epsilon) / math.log(1.0 / r)
