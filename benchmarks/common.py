@@ -245,7 +245,7 @@ def machine() -> dict[str, Any]:
 # -- blocks of the report that `benchmarks.run --write` keeps ---------------------------------
 # Sections written by other scripts (the GPU check, the compiled-step rows) live between markers,
 # so regenerating the report does not erase figures this machine cannot reproduce.
-KEPT_BLOCKS = ("gpu-check", "compile-step")
+KEPT_BLOCKS = ("gpu-check", "compile-step", "compile-targets", "compile-sweep")
 
 
 def _markers(name: str) -> tuple[str, str]:

@@ -125,6 +125,7 @@ def _run(root: str, label: str, document: dict[str, Any], settings: Settings) ->
     slots = wall * concurrent
     return {
         "label": label,
+        "experiment_uri": outcome.experiment_uri,
         "spec": document,
         "plans": len(plans),
         "seeds": len(trials),

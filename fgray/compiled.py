@@ -81,7 +81,15 @@ def _as_tuple(value: Any) -> tuple[str, ...]:
 
 
 # Errors of capturing or building a graph, as opposed to errors of the computation itself.
-_COMPILE_ERRORS: tuple[type[BaseException], ...] = (torch._dynamo.exc.TorchDynamoException,)
+_COMPILE_ERRORS: tuple[type[BaseException], ...] = (
+    torch._dynamo.exc.TorchDynamoException,
+    torch._dynamo.exc.FailOnRecompileLimitHit,
+)
+# Dynamo guards on the identity of a trial's model and optimizer, so every trial a worker process
+# runs compiles its parts again (a retrace: Inductor's cache holds the code). Torch's default of
+# 8 compiles per function would run later trials silently eager; fgray allows this many and makes
+# reaching the limit an error, which CompiledPart reports and falls back from.
+RECOMPILE_LIMIT = 64
 try:
     from torch._inductor.exc import InductorError
 
@@ -106,7 +114,10 @@ class CompiledPart:
     def __init__(self, fn: Callable[..., Any], what: str, fullgraph: bool = True) -> None:
         self.eager = fn
         self.what = what
-        self._compiled = torch.compile(fn, fullgraph=fullgraph)
+        # Static shapes: Dynamo's automatic dynamic shapes (after a second shape of the same
+        # function, such as an epoch's short last mini-batch or another model in the same worker)
+        # break forward-mode AD's dual tensors; each shape gets its own graph instead.
+        self._compiled = torch.compile(fn, fullgraph=fullgraph, dynamic=False)
         self.compiled = True
         self.seconds = 0.0
         self.reason: str | None = None
@@ -143,5 +154,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def enable_autograd_tracing() -> None:
-    """Let Dynamo trace torch.autograd.grad, so a backprop estimate compiles as one graph."""
+    """Let Dynamo trace torch.autograd.grad, so a backprop estimate compiles as one graph, and
+    give every trial of a worker process its own compile (RECOMPILE_LIMIT)."""
     torch._dynamo.config.trace_autograd_ops = True
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    config.accumulated_recompile_limit = max(
+        config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT
+    )
+    config.fail_on_recompile_limit_hit = True
