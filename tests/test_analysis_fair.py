@@ -130,6 +130,15 @@ def test_wilson_interval_matches_hand_values_and_statsmodels(k, n, low, high):
     assert got == pytest.approx(proportion_confint(k, n, alpha=0.05, method="wilson"), abs=1e-12)
 
 
+@pytest.mark.parametrize("n", [1, 3, 7, 10, 30, 49])
+def test_wilson_interval_contains_the_fraction_exactly_at_0_and_n(n):
+    # the plot draws frac - low and high - frac as error bars: never negative, also at k = 0, n
+    for k in (0, n):
+        low, high = fair.wilson_interval(k, n)
+        assert low <= k / n <= high
+    assert fair.wilson_interval(0, n)[0] == 0.0 and fair.wilson_interval(n, n)[1] == 1.0
+
+
 def test_wilson_interval_of_no_seeds_is_undefined():
     assert all(math.isnan(x) for x in fair.wilson_interval(0, 0))
 

@@ -86,7 +86,10 @@ def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[flo
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at k = 0 (k = n) the bound is 0 (1) exactly; rounding would put it a hair inside
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
 
 
 def _times(rows: pd.DataFrame, measure: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -461,7 +464,7 @@ def tuning_figures(curve: pd.DataFrame, out_dir: str, index: int) -> list[Plot]:
                 markeredgewidth=2,
             )  # fmt: skip
             frac = rows["diverged_fraction"].to_numpy(float)
-            err = [frac - rows["diverged_low"], rows["diverged_high"] - frac]
+            err = np.clip([frac - rows["diverged_low"], rows["diverged_high"] - frac], 0, None)
             lower.errorbar(lr, frac, yerr=err, fmt="s-", color=color, capsize=3, alpha=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
