@@ -28,6 +28,7 @@ from fgray.optim import build_optimizer, masked_step
 
 ESTIMATORS = {
     "backprop": {"method": "backprop"},
+    "backprop-checkpoint": {"method": "backprop-checkpoint"},
     "forward": {"method": "forward"},
     "forward-per-tensor": {"method": "forward-per-tensor"},
     "orthogonal K=4": {"method": "forward", "tangent": "orthogonal", "tangents": 4},
