@@ -21,14 +21,15 @@ LOG_PATH: str | None = None  # set by installed(); travels with the pickled wrap
 _ORIGINAL = "_bench_original_run_trial"
 
 
-def timed_run_trial(config: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
+def timed_run_trial(config: dict[str, Any], plans: dict[str, Any], **options: Any) -> None:
+    """fgray.trainable.run_trial, timed; `options` (resume_from, ...) pass through as given."""
     import fgray.trainable as trainable
 
     run = getattr(trainable, _ORIGINAL, trainable.run_trial)
     started = time.time()
     start = time.perf_counter()
     try:
-        run(config, plans)
+        run(config, plans, **options)
     finally:
         seconds = time.perf_counter() - start
         path = LOG_PATH
