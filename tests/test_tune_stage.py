@@ -202,6 +202,10 @@ def test_fgray_analyze_reports_the_tuning_curves_and_the_methods_at_their_picked
     assert "## Methods at their own picked rates: time to threshold" in text
     kinds = sorted(Path(p).name.split("-")[0] for p in report.plots)
     assert kinds.count("tuning") == 1 and kinds.count("tradeoff") == 1
+    # per-group curves only for the confirmation (one group: backprop at 1.0); the tuning
+    # phase's groups are the tuning curves
+    assert kinds.count("incidence") == kinds.count("train") == 1
+    assert any("tuning phase" in s and "tuning curves" in s for s in report.skipped_plots)
     assert all(is_png(p) for p in report.plots)
 
 

@@ -489,7 +489,18 @@ def make_all(
             index += 1
 
     all_panels = panels(trials, history, by)
+    # A tuned sweep's tuning phase is groups x every rate of the grid: its curves per group would
+    # be most of the report's figures (and of its time); the tuning curves (fgray.analysis.fair)
+    # show those groups, one figure per model.
+    tuning = [key for key, _ in all_panels if key.get("phase") == "tuning"]
+    if tuning:
+        skipped.append(
+            f"per-group curves of the tuning phase ({len(tuning)} groups): shown as the tuning "
+            "curves instead"
+        )
     for key, series in all_panels:
+        if key.get("phase") == "tuning":
+            continue
         name = stats.label(key)
         add(test_curves(key, series, out_dir, index), f"test curves ({name}): no test metrics")
         add(train_loss(key, series, out_dir, index), f"training loss ({name}): no history")
