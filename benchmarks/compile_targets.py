@@ -100,6 +100,19 @@ class Step:
         return sum(p.seconds for p in self.parts)
 
 
+# eager against compiled population throughput: targets 1 and 5 share these columns
+THROUGHPUT_COLUMNS = [
+    "S",
+    "eager step",
+    "eager seed-it/s",
+    "compiled step",
+    "compiled seed-it/s",
+    "speed-up",
+    "compile",
+    "errors",
+]
+
+
 def _stats(samples: dict[str, list[float]], name: str) -> dict[str, float]:
     return summary(samples.get(name, []))
 
@@ -153,17 +166,7 @@ def target_1(settings: Settings, seeds: int) -> tuple[str, list[list[str]]]:
     text = (
         f"### Target 1: population throughput (PopulationTrainer.step, S={seeds}, 2 threads)\n\n"
         + table(
-            [
-                "model",
-                "S",
-                "eager step",
-                "eager seed-it/s",
-                "compiled step",
-                "compiled seed-it/s",
-                "speed-up",
-                "compile",
-                "errors",
-            ],
+            ["model", *THROUGHPUT_COLUMNS],
             rows,
         )
     )
@@ -368,17 +371,7 @@ def target_5(settings: Settings, seeds: int) -> tuple[str, list[list[str]]]:
     text = (
         "### Target 5: the newer estimators on the MLP (penguins, full batch, 1 thread)\n\n"
         + table(
-            [
-                "estimator",
-                "S",
-                "eager step",
-                "eager seed-it/s",
-                "compiled step",
-                "compiled seed-it/s",
-                "speed-up",
-                "compile",
-                "errors",
-            ],
+            ["estimator", *THROUGHPUT_COLUMNS],
             rows,
         )
     )

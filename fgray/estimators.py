@@ -92,9 +92,15 @@ class Estimator:
         generators: Sequence[torch.Generator],
         estimate: EstimateFn | None = None,
     ) -> Estimate:
-        """One step: draw, then `estimate` (the compiled form of self.estimate, or itself)."""
+        """One step: draw, then `estimate` (the compiled form of self.estimate, or itself), then
+        `observe` the estimate (eagerly, outside any compiled region)."""
         draws = self.draw(loss_fn, params, generators)
-        return (estimate or self.estimate)(loss_fn, params, draws)
+        loss, grads = (estimate or self.estimate)(loss_fn, params, draws)
+        self.observe(draws, grads)
+        return loss, grads
+
+    def observe(self, draws: Draws, grads: Params) -> None:
+        """Update state that depends on this step's estimate; stateless estimators keep none."""
 
 
 class PerExampleLoss(Protocol):
@@ -330,18 +336,9 @@ class ControlVariate(ForwardGradient):
         tangents, s = draws
         return _forward_gradient(loss_fn, params, tangents, _groups(params, self.per_tensor), s)
 
-    def __call__(
-        self,
-        loss_fn: LossFn,
-        params: Params,
-        generators: Sequence[torch.Generator],
-        estimate: EstimateFn | None = None,
-    ) -> Estimate:
-        draws = self.draw(loss_fn, params, generators)
-        loss, grads = (estimate or self.estimate)(loss_fn, params, draws)
+    def observe(self, draws: tuple[list[Params], Params], grads: Params) -> None:
         s = draws[1]
-        self.baseline = {k: self.decay * s[k] + (1 - self.decay) * grads[k] for k in params}
-        return loss, grads
+        self.baseline = {k: self.decay * s[k] + (1 - self.decay) * grads[k] for k in grads}
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: b.detach().cpu().clone() for k, b in self.baseline.items()}
