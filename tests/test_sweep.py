@@ -246,7 +246,10 @@ def cluster():
 @pytest.mark.slow
 def test_trials_spread_over_worker_nodes(tmp_path, cluster):
     c, workers = cluster
-    spec = load_spec(write_spec(tmp_path, "nodes", **{**SMALL, "seeds_per_trial": 1}))
+    # Trials of a few seconds each (SLOW), one seed per trial: with SMALL's ~0.1 s trials one
+    # reused actor could finish all of them before the second node's actor had started (seen
+    # under load), and the test would say nothing about spreading.
+    spec = load_spec(write_spec(tmp_path, "nodes", **{**SLOW, "seeds_per_trial": 1}))
     assert sweep.launch(spec, verbose=0).finished
     trials, _ = results.load(spec.experiment_uri())
     worker_ids = {w.node_id for w in workers}
