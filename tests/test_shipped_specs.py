@@ -163,6 +163,7 @@ def test_fair_cnn_tunes_the_affordable_methods_on_fresh_seeds():
         "backprop",
         "backprop-checkpoint",
         "forward",
+        "forward-per-tensor",
         "activity",
     }
     assert spec.tune is not None and spec.tune.lrs == (0.001, 0.003, 0.01)
