@@ -47,57 +47,72 @@ def fgray_step(model: str, method: str, seeds: int, iters: int, compile_: bool) 
     }
 
 
-def _forward(model: str, params: dict[str, Tensor], x: Tensor) -> Tensor:
-    """The model for one seed in plain torch: x @ W + b, ReLU between the MLP's layers."""
-    if model == "logreg":
-        return x @ params["W"] + params["b"]
-    layers = len(params) // 2
+def minimal_forward(name: str, p: dict[str, Tensor], x: Tensor) -> Tensor:
+    """One seed's model in plain torch over fgray's parameter layout (weights stored (in, out))."""
+    if name == "logreg":
+        return x @ p["W"] + p["b"]
+    if name == "cnn":
+        x = torch.relu(F.conv2d(x, p["conv1_w"], p["conv1_b"], padding=1))
+        x = torch.relu(F.conv2d(x, p["conv2_w"], p["conv2_b"], padding=1))
+        x = F.max_pool2d(x, 2).flatten(1)
+        x = torch.relu(x @ p["fc1_w"] + p["fc1_b"])
+        return x @ p["fc2_w"] + p["fc2_b"]
+    if x.dim() > 2:
+        x = x.flatten(1)
+    layers = len(p) // 2
     for i in range(1, layers + 1):
-        x = x @ params[f"W{i}"] + params[f"b{i}"]
+        x = x @ p[f"W{i}"] + p[f"b{i}"]
         x = torch.relu(x) if i < layers else x
     return x
+
+
+def minimal_loops(
+    name: str, model: torch.nn.Module, x: Tensor, y: Tensor, lr: float = LR
+) -> dict[str, Callable[[], None]]:
+    """The two minimal single-seed steps (estimate and SGD update) over `model`'s seed 0 and the
+    data x, y: a `torch.autograd.forward_ad` jvp along a normal tangent, and `loss.backward()`."""
+    start = {k: p[0].clone() for k, p in init_population(model, [0]).items()}
+    generator = torch.Generator().manual_seed(1)
+    fa = {k: p.clone() for k, p in start.items()}
+    bw = {k: p.clone().requires_grad_() for k, p in start.items()}
+
+    def forward_ad_step() -> None:
+        tangents = {k: torch.randn(p.shape, generator=generator) for k, p in fa.items()}
+        with fwAD.dual_level():
+            dual = {k: fwAD.make_dual(p, tangents[k]) for k, p in fa.items()}
+            jvp = fwAD.unpack_dual(F.cross_entropy(minimal_forward(name, dual, x), y)).tangent
+        with torch.no_grad():
+            for k, p in fa.items():
+                p.sub_(lr * jvp * tangents[k])
+
+    def backward_step() -> None:
+        F.cross_entropy(minimal_forward(name, bw, x), y).backward()
+        with torch.no_grad():
+            for p in bw.values():
+                p.sub_(lr * p.grad)
+                p.grad = None
+
+    return {"minimal forward_ad": forward_ad_step, "minimal backward": backward_step}
 
 
 def reference_steps(model: str, iters: int) -> dict[str, float]:
     """Median step seconds of the two minimal single-seed loops over fgray's model and data."""
     config = TrainConfig(model=model)
     data = load_data(config)
-    x, y = data.x_train, data.y_train
-    start = {k: p[0].clone() for k, p in init_population(build_model(config), [0]).items()}
-    generator = torch.Generator().manual_seed(1)
+    loops = minimal_loops(model, build_model(config), data.x_train, data.y_train)
 
-    def forward_ad_step(params: dict[str, Tensor]) -> None:
-        tangents = {
-            k: torch.randn(p.shape, generator=generator, dtype=p.dtype) for k, p in params.items()
-        }
-        with fwAD.dual_level():
-            dual = {k: fwAD.make_dual(p, tangents[k]) for k, p in params.items()}
-            jvp = fwAD.unpack_dual(F.cross_entropy(_forward(model, dual, x), y)).tangent
-        with torch.no_grad():
-            for k, p in params.items():
-                p.sub_(LR * jvp * tangents[k])
-
-    def backward_step(params: dict[str, Tensor]) -> None:
-        loss = F.cross_entropy(_forward(model, params, x), y)
-        loss.backward()
-        with torch.no_grad():
-            for p in params.values():
-                p.sub_(LR * p.grad)
-                p.grad = None
-
-    def timed(step: Callable[[dict[str, Tensor]], None], grad: bool) -> float:
-        params = {k: p.clone().requires_grad_(grad) for k, p in start.items()}
-        step(params)  # warm-up
+    def timed(step: Callable[[], None]) -> float:
+        step()  # warm-up
         samples = []
         for _ in range(iters):
             t = time.perf_counter()
-            step(params)
+            step()
             samples.append(time.perf_counter() - t)
         return statistics.median(samples)
 
     return {
-        "forward_ad": timed(forward_ad_step, grad=False),
-        "backward": timed(backward_step, grad=True),
+        "forward_ad": timed(loops["minimal forward_ad"]),
+        "backward": timed(loops["minimal backward"]),
     }
 
 

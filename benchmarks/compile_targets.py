@@ -27,10 +27,9 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.autograd.forward_ad as fwAD
-import torch.nn.functional as F
 from torch import Tensor
 
+from benchmarks import compile_step
 from benchmarks import step as step_bench
 from benchmarks.common import (
     Settings,
@@ -179,52 +178,6 @@ def _x(objective: Objective) -> tuple[Tensor, Tensor]:
     return objective.data.x_train, objective.data.y_train
 
 
-def _minimal_forward(name: str, p: dict[str, Tensor], x: Tensor) -> Tensor:
-    """One seed's model in plain torch over fgray's parameter layout (weights stored (in, out))."""
-    if name == "logreg":
-        return x @ p["W"] + p["b"]
-    if name == "cnn":
-        x = torch.relu(F.conv2d(x, p["conv1_w"], p["conv1_b"], padding=1))
-        x = torch.relu(F.conv2d(x, p["conv2_w"], p["conv2_b"], padding=1))
-        x = F.max_pool2d(x, 2).flatten(1)
-        x = torch.relu(x @ p["fc1_w"] + p["fc1_b"])
-        return x @ p["fc2_w"] + p["fc2_b"]
-    if x.dim() > 2:
-        x = x.flatten(1)
-    layers = len(p) // 2
-    for i in range(1, layers + 1):
-        x = x @ p[f"W{i}"] + p[f"b{i}"]
-        x = torch.relu(x) if i < layers else x
-    return x
-
-
-def minimal_loops(name: str, objective: Objective) -> dict[str, Callable[[], None]]:
-    """The two minimal single-seed steps (estimate and SGD update) over `objective`'s data."""
-    x, y = _x(objective)
-    start = {k: p[0].clone() for k, p in init_population(objective.model, [0]).items()}
-    generator = torch.Generator().manual_seed(1)
-    fa = {k: p.clone() for k, p in start.items()}
-    bw = {k: p.clone().requires_grad_() for k, p in start.items()}
-
-    def forward_ad_step() -> None:
-        tangents = {k: torch.randn(p.shape, generator=generator) for k, p in fa.items()}
-        with fwAD.dual_level():
-            dual = {k: fwAD.make_dual(p, tangents[k]) for k, p in fa.items()}
-            jvp = fwAD.unpack_dual(F.cross_entropy(_minimal_forward(name, dual, x), y)).tangent
-        with torch.no_grad():
-            for k, p in fa.items():
-                p.sub_(LR * jvp * tangents[k])
-
-    def backward_step() -> None:
-        F.cross_entropy(_minimal_forward(name, bw, x), y).backward()
-        with torch.no_grad():
-            for p in bw.values():
-                p.sub_(LR * p.grad)
-                p.grad = None
-
-    return {"minimal forward_ad": forward_ad_step, "minimal backward": backward_step}
-
-
 def targets_2_6(settings: Settings, quick: bool) -> tuple[str, list[list[str]]]:
     rows2, rows6, verdicts = [], [], []
     for case in step_bench.cases(Settings(quick=quick)):
@@ -248,7 +201,9 @@ def targets_2_6(settings: Settings, quick: bool) -> tuple[str, list[list[str]]]:
         calls["draw rademacher"] = steps["fg rademacher compiled"].draw
         calls["draw normal"] = steps["fg normal eager"].draw
         if case.name != step_bench.PEER:
-            calls.update(minimal_loops(case.name, case.objective))
+            calls.update(
+                compile_step.minimal_loops(case.name, case.objective.model, *_x(case.objective), LR)
+            )
         samples, errors = time_interleaved(calls, settings, settings.repeats)
         med = {k: _stats(samples, k)["median"] for k in calls}
         fg, bp = steps["fg rademacher compiled"], steps["backprop compiled"]
