@@ -28,7 +28,6 @@ threshold against its peak step memory per seed, in iterations, FLOPs and second
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +40,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 from scipy.stats import norm
 
 from fgray.analysis import incidence, stats
-from fgray.analysis.plots import DPI, Plot, estimator_name
+from fgray.analysis.plots import Plot, estimator_name, save_figure
 from fgray.analysis.tuning import evaluate_rates, seed_times
 from fgray.results import Outcome
 
@@ -420,10 +419,6 @@ def _setting_label(setting: dict[str, Any]) -> str:
     return stats.label(setting) if setting else "all"
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in ".=-" else "_" for c in text).strip("_")[:60] or "all"
-
-
 def _by_setting(
     table: pd.DataFrame, setting_keys: Sequence[str]
 ) -> list[tuple[dict, pd.DataFrame]]:
@@ -485,10 +480,7 @@ def tuning_figures(curve: pd.DataFrame, out_dir: str, index: int) -> list[Plot]:
         lower.grid(True, which="both", alpha=0.3)
         title = f"tuning curves (tuning seeds): {_setting_label(setting)}"
         fig.suptitle(title)
-        name = f"tuning-{index + len(plots):02d}-{_slug(_setting_label(setting))}.png"
-        path = os.path.join(out_dir, name)
-        fig.savefig(path, dpi=DPI, format="png")
-        plots.append(Plot(path=path, kind="tuning", title=title))
+        plots.append(save_figure(fig, out_dir, "tuning", index + len(plots), title, setting))
     return plots
 
 
@@ -554,11 +546,7 @@ def tradeoff_figures(
         if missing:
             sub += "; not drawn: " + ", ".join(missing)
         fig.suptitle(f"{title}\n{sub}", fontsize=10)
-        path = os.path.join(
-            out_dir, f"tradeoff-{index + len(plots):02d}-{_slug(_setting_label(setting))}.png"
-        )
-        fig.savefig(path, dpi=DPI, format="png")
-        plots.append(Plot(path=path, kind="tradeoff", title=title))
+        plots.append(save_figure(fig, out_dir, "tradeoff", index + len(plots), title, setting))
     return plots
 
 

@@ -102,7 +102,7 @@ def _color(name: str, i: int) -> str:
     return COLORS.get(name, f"C{i % 10}")
 
 
-def _save(
+def save_figure(
     fig: Figure, out_dir: str, kind: str, index: int, title: str, key: dict[str, Any]
 ) -> Plot:
     """Write the PNG as <kind>-<index>-<group keys>.png (the index keeps names unique)."""
@@ -153,7 +153,7 @@ def test_curves(key: dict[str, Any], series: list[Series], out_dir: str, index: 
     axes[0][0].legend(fontsize="small")
     title = f"test curves: {stats.label(key)}"
     fig.suptitle(title)
-    return _save(fig, out_dir, "test-curves", index, title, key)
+    return save_figure(fig, out_dir, "test-curves", index, title, key)
 
 
 def train_loss(key: dict[str, Any], series: list[Series], out_dir: str, index: int) -> Plot | None:
@@ -179,7 +179,7 @@ def train_loss(key: dict[str, Any], series: list[Series], out_dir: str, index: i
     axes[0].legend(fontsize="small")
     title = f"training loss: {stats.label(key)}"
     fig.suptitle(title)
-    return _save(fig, out_dir, "train-loss", index, title, key)
+    return save_figure(fig, out_dir, "train-loss", index, title, key)
 
 
 def incidence_curves(
@@ -241,7 +241,7 @@ def incidence_curves(
         f"(95% bootstrap band over seeds; | = censored): {stats.label(key)}"
     )
     fig.suptitle(title, fontsize="medium")
-    return _save(fig, out_dir, "incidence", index, title, key)
+    return save_figure(fig, out_dir, "incidence", index, title, key)
 
 
 def lr_sweep(
@@ -307,7 +307,7 @@ def lr_sweep(
     fig.legend(handles=handles, fontsize="small", loc="outside right upper")
     title = f"learning-rate sweep: {stats.label(key)}"
     fig.suptitle(title)
-    return _save(fig, out_dir, "lr-sweep", index, title, key)
+    return save_figure(fig, out_dir, "lr-sweep", index, title, key)
 
 
 def trajectories(
@@ -371,7 +371,7 @@ def trajectories(
     ax.legend(handles=handles, fontsize="small")
     title = f"{model} trajectories (contours: log10 f): {stats.label(key)}"
     fig.suptitle(title)
-    return _save(fig, out_dir, "trajectories", index, title, key)
+    return save_figure(fig, out_dir, "trajectories", index, title, key)
 
 
 # The keys that make one estimator; the cosine figure draws one series per estimator, pooling the
@@ -459,7 +459,7 @@ def gradient_cosine(
         ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
         title = f"gradient cosine, median and 10-90% of the seeds running: {stats.label(key)}"
         fig.suptitle(title)
-        plots.append(_save(fig, out_dir, "gradient-cosine", index + len(plots), title, key))
+        plots.append(save_figure(fig, out_dir, "gradient-cosine", index + len(plots), title, key))
     return plots
 
 
