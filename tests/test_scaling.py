@@ -5,6 +5,8 @@ small size sweep end to end through `fgray sweep` and `fgray analyze`."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -301,6 +303,30 @@ def test_crossover_is_found_between_the_sizes_where_the_faster_method_changes():
 
 
 # -- a small size sweep end to end -----------------------------------------------------------------
+def _sweep_sizes(
+    tmp_path: Path, name: str, variants: list[dict], max_iters: int, **fields: Any
+) -> Path:
+    """Run a size sweep of `variants` (16 seeds, one trial per variant) through `fgray sweep`."""
+    spec = write_spec(
+        tmp_path,
+        name,
+        base={"max_iters": max_iters, "eval_every": 1000},
+        variants=variants,
+        seeds=16,
+        seeds_per_trial=16,
+        report_every=500,
+        checkpoint_every=1000,
+        **fields,
+    )
+    # A Ray of our own: on a machine where someone ran `ray start`, a bare ray.init() joins theirs.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(["sweep", str(spec)]) == 0
+    finally:
+        ray.shutdown()
+    return tmp_path / "results" / name
+
+
 @pytest.mark.slow  # ~40 s on a quiet 2-core machine, most of it the standard report's 21 figures
 def test_small_size_sweep_runs_through_fgray_sweep_and_analyze(tmp_path, capsys):
     """Sphere at n = 4, 16, 64: forward at the theory's rate and backprop at 1/4, 16 seeds each."""
@@ -309,23 +335,7 @@ def test_small_size_sweep_runs_through_fgray_sweep_and_analyze(tmp_path, capsys)
         common = {"model": "sphere", "dim": n, "threshold": 0.01, "threshold_relative": True}
         variants.append({**common, "method": "forward", "lr": theory.optimal_lr(n)})
         variants.append({**common, "method": "backprop", "lr": 0.25})
-    spec = write_spec(
-        tmp_path,
-        "sizes",
-        base={"max_iters": 2000, "eval_every": 1000},
-        variants=variants,
-        seeds=16,
-        seeds_per_trial=16,
-        report_every=500,
-        checkpoint_every=1000,
-    )
-    # A Ray of our own: on a machine where someone ran `ray start`, a bare ray.init() joins theirs.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        assert main(["sweep", str(spec)]) == 0
-    finally:
-        ray.shutdown()
-    experiment = tmp_path / "results" / "sizes"
+    experiment = _sweep_sizes(tmp_path, "sizes", variants, max_iters=2000)
     trials, _ = load(str(experiment))
     assert sorted(trials["n_params"].unique()) == [4, 16, 64]
     out = tmp_path / "report"
@@ -524,23 +534,8 @@ def test_tuned_size_sweep_runs_through_fgray_sweep_and_analyze(tmp_path, capsys)
     for n in (2, 8, 32):
         common = {"model": "sphere", "dim": n, "threshold": 0.01, "threshold_relative": True}
         variants += [{**common, "method": "forward"}, {**common, "method": "backprop"}]
-    spec = write_spec(
-        tmp_path,
-        "tuned-sizes",
-        base={"max_iters": 400, "eval_every": 1000},
-        variants=variants,
-        tune={"lr": grid, "seeds": 8, "pick": "iterations", "min_reached": 0.9},
-        seeds=16,
-        seeds_per_trial=16,
-        report_every=500,
-        checkpoint_every=1000,
-    )
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        assert main(["sweep", str(spec)]) == 0
-    finally:
-        ray.shutdown()
-    experiment = tmp_path / "results" / "tuned-sizes"
+    tune = {"lr": grid, "seeds": 8, "pick": "iterations", "min_reached": 0.9}
+    experiment = _sweep_sizes(tmp_path, "tuned-sizes", variants, max_iters=400, tune=tune)
     out = tmp_path / "report"
     assert main(["analyze", str(experiment), "--out", str(out)]) == 0
     text = capsys.readouterr().out
