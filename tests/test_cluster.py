@@ -119,6 +119,19 @@ class Setup:
         path.write_text(yaml.safe_dump({"name": name, **SPEC, **fields}, sort_keys=False))
         return path
 
+    def sweep_args(self, name: str) -> list[str]:
+        """`fgray sweep` of the spec `name` on this cluster, storing in the bucket."""
+        return [
+            "sweep",
+            str(self.spec(name)),
+            "--address",
+            self.cluster.address,
+            "--storage",
+            f"s3://{BUCKET}/sweeps",
+            "--verbose",
+            "0",
+        ]
+
     def fgray(self, *args: str, log: str, cwd: Path | None = None) -> Started:
         """An `fgray` process on the head node, with the cluster's environment."""
         env = {**self.cluster.env, "PYTHONUNBUFFERED": "1"}
@@ -208,19 +221,7 @@ def reference(setup) -> tuple[pd.DataFrame, pd.DataFrame]:
     if setup.reference is None:
         run_dir = setup.directory / "driver-cwd"
         run_dir.mkdir()
-        spec = setup.spec("reference")
-        code, text = setup.run(
-            "sweep",
-            str(spec),
-            "--address",
-            setup.cluster.address,
-            "--storage",
-            f"s3://{BUCKET}/sweeps",
-            "--verbose",
-            "0",
-            log="reference.log",
-            cwd=run_dir,
-        )
+        code, text = setup.run(*setup.sweep_args("reference"), log="reference.log", cwd=run_dir)
         assert code == 0, text[-3000:]
         assert f"trials complete: {N_TRIALS}/{N_TRIALS}" in text
         setup.reference = results.load(f"s3://{BUCKET}/sweeps/reference")
@@ -308,17 +309,7 @@ def test_a_local_storage_path_on_the_cluster_is_refused_before_launch(setup):
 # -- 2. the driver killed, then status and resume from fresh processes -------------------------
 def test_a_killed_driver_resumes_from_the_bucket_to_identical_results(setup, reference):
     uri = f"s3://{BUCKET}/sweeps/killed"
-    driver = setup.fgray(
-        "sweep",
-        str(setup.spec("killed")),
-        "--address",
-        setup.cluster.address,
-        "--storage",
-        f"s3://{BUCKET}/sweeps",
-        "--verbose",
-        "0",
-        log="killed.log",
-    )
+    driver = setup.fgray(*setup.sweep_args("killed"), log="killed.log")
 
     def a_trial_checkpointed_twice() -> bool:
         stored = bucket("sweeps/killed")
@@ -350,17 +341,7 @@ def test_a_killed_driver_resumes_from_the_bucket_to_identical_results(setup, ref
 # -- 7. the object store goes away mid-sweep and comes back ------------------------------------
 def test_the_object_store_going_away_mid_sweep_loses_nothing(setup, reference):
     uri = f"s3://{BUCKET}/sweeps/outage"
-    driver = setup.fgray(
-        "sweep",
-        str(setup.spec("outage")),
-        "--address",
-        setup.cluster.address,
-        "--storage",
-        f"s3://{BUCKET}/sweeps",
-        "--verbose",
-        "0",
-        log="outage.log",
-    )
+    driver = setup.fgray(*setup.sweep_args("outage"), log="outage.log")
     wait_for(
         lambda: result_parts("sweeps/outage") or not driver.alive(),
         TIMEOUT,
@@ -401,17 +382,7 @@ def test_trials_of_a_killed_worker_node_continue_from_the_bucket_on_a_new_node(s
     uri = f"s3://{BUCKET}/sweeps/nodeloss"
     lost = setup.worker
     lost_id = setup.cluster.node_id(lost)
-    driver = setup.fgray(
-        "sweep",
-        str(setup.spec("nodeloss")),
-        "--address",
-        setup.cluster.address,
-        "--storage",
-        f"s3://{BUCKET}/sweeps",
-        "--verbose",
-        "0",
-        log="nodeloss.log",
-    )
+    driver = setup.fgray(*setup.sweep_args("nodeloss"), log="nodeloss.log")
 
     def running_trials_checkpointed() -> bool:
         stored = bucket("sweeps/nodeloss")
