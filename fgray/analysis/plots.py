@@ -23,7 +23,6 @@ from fgray.analysis.cosine import expected_cosine
 from fgray.config import TEST_FUNCTIONS, ConfigError, TrainConfig, field_names
 from fgray.functions import FUNCTIONS
 
-METHOD_ORDER = ("backprop", "forward", "forward-per-tensor")
 COLORS = {"backprop": "C0", "forward": "C3", "forward-per-tensor": "C2"}
 TEST_CURVES = (
     ("test_loss", "test loss"),
@@ -57,10 +56,6 @@ def _slug(text: str, limit: int = 60) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")[:limit] or "all"
 
 
-def _method_rank(name: str) -> int:
-    return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
-
-
 def panels(
     trials: pd.DataFrame,
     history: pd.DataFrame,
@@ -87,7 +82,7 @@ def panels(
     for key, frame in stats.groups(trials, panel_by):
         h_panel = hist_by_panel.get(ids[tuple(key.values())], hist.iloc[:0])
         if "method" in by:
-            parts = sorted(frame.groupby("method"), key=lambda p: _method_rank(p[0]))
+            parts = sorted(frame.groupby("method"), key=lambda p: stats.method_order(p[0]))
         else:
             parts = [("all seeds", frame)]
         series = []
@@ -254,7 +249,9 @@ def lr_sweep(
     fig = Figure(figsize=(10, 4.5), layout="constrained")
     ax = fig.subplots()
     twin = ax.twinx()
-    methods = sorted(rows["method"].unique(), key=_method_rank) if "method" in rows else [None]
+    methods = (
+        sorted(rows["method"].unique(), key=stats.method_order) if "method" in rows else [None]
+    )
     finite = rows["median"][np.isfinite(rows["median"])]
     top = float(finite.max()) * 1.3 if len(finite) else 1.0
     for i, m in enumerate(methods):

@@ -405,7 +405,8 @@ RATIO_COLUMNS = [
 ]
 
 
-def _method_order(method: str) -> tuple[int, str]:
+def method_order(method: str) -> tuple[int, str]:
+    """Sort key for methods: fgray's order (backprop, forward, ...; config.METHODS), then name."""
     return (METHODS.index(method) if method in METHODS else len(METHODS), method)
 
 
@@ -438,7 +439,7 @@ def method_ratios(
         by_method = {m: f for m, f in frame.groupby("method")}
         if BACKPROP not in by_method:
             continue
-        for fwd in sorted(set(by_method) - {BACKPROP}, key=_method_order):
+        for fwd in sorted(set(by_method) - {BACKPROP}, key=method_order):
             for measure in measures:
                 data = []
                 for method in (fwd, BACKPROP):
