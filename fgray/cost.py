@@ -1,4 +1,5 @@
-"""What one training step costs: peak memory and FLOPs, measured once per trial, not timed.
+"""What one training step costs: peak memory and FLOPs, measured once per trial, not timed; and
+where its memory peaks.
 
 Memory is the peak of the bytes the step allocates above what was live when it began (its
 activations, saved tensors, tangents, gradients and optimizer temporaries; not the parameters and
@@ -12,8 +13,9 @@ data that exist anyway):
 Activation checkpointing (backprop-checkpoint) lowers what a step holds between its forward and
 backward pass, but not necessarily its peak: on the replication report's CNN the peak is the
 backward of its largest block (conv2 with its ReLU and pooling), which is recomputed in full, so
-both peaks agree to within a few kB; checkpointing pays off where several blocks are of similar
-size.
+both peaks agree to within a few kB (`cpu_peak_site`: the same allocation in both). A dense
+layer with its ReLU saves only its input and output, the tensors per-layer checkpointing keeps, so
+it does not lower an MLP's peak at any depth either; segments of several layers would.
 
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode`, which counts matrix products and
 convolutions (2 per multiply-add) and no elementwise ops. Forward-mode AD's tangent products run as
@@ -120,7 +122,8 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def _cpu_allocations(prof: profile) -> list[tuple[int, int]]:
+def _cpu_allocations(prof: profile) -> list[tuple[int, int, Any]]:
+    """(time, bytes, event) of each CPU allocation (positive) and free (negative), in time order."""
     from torch._C._profiler import _EventType
 
     events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
@@ -128,22 +131,66 @@ def _cpu_allocations(prof: profile) -> list[tuple[int, int]]:
         event = stack.pop()
         stack.extend(event.children)
         if event.tag == _EventType.Allocation and str(event.extra_fields.device) == "cpu":
-            events.append((event.start_time_ns, int(event.extra_fields.alloc_size)))
-    return sorted(events)
+            events.append((event.start_time_ns, int(event.extra_fields.alloc_size), event))
+    return sorted(events, key=lambda e: (e[0], e[1]))  # at equal times, frees first
+
+
+def _profiled(fn: Callable[[], Any], record_shapes: bool = False) -> tuple[profile, Any]:
+    # No garbage collection inside the window: freeing older objects there would hide bytes.
+    gc.disable()
+    try:
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=record_shapes
+        ) as prof:
+            result = fn()
+    finally:
+        gc.enable()
+    return prof, result
+
+
+@dataclass(frozen=True)
+class PeakSite:
+    """Where a step reached its peak: the allocation that set it and the ops it happened in, so
+    a claim about what dominates a step's memory is a measurement, not a reading."""
+
+    peak_bytes: int
+    allocation_bytes: int  # the allocation that set the peak
+    ops: tuple[str, ...]  # the ops around it, innermost first
+    input_shapes: tuple[tuple[int, ...], ...]  # tensor inputs of the innermost op that has any
+
+    def __str__(self) -> str:
+        shapes = ", ".join("x".join(map(str, s)) for s in self.input_shapes)
+        return f"{self.allocation_bytes:,} B in {' < '.join(self.ops[:2])} ({shapes})"
+
+
+def cpu_peak_site(fn: Callable[[], Any]) -> PeakSite:
+    """Where `fn()`'s CPU allocations, summed in time order, reached their peak."""
+    prof, result = _profiled(fn, record_shapes=True)
+    live = peak = 0
+    at = None
+    for _, size, event in _cpu_allocations(prof):
+        live += size
+        if live > peak:
+            peak, at = live, event
+    del result
+    ops, shapes = [], ()
+    op = at.parent if at is not None else None
+    while op is not None:
+        ops.append(op.name)
+        inputs = getattr(op.extra_fields, "inputs", None) or []
+        if not shapes:
+            shapes = tuple(tuple(i.sizes) for i in inputs if hasattr(i, "sizes"))
+        op = op.parent
+    size = int(at.extra_fields.alloc_size) if at is not None else 0
+    return PeakSite(peak, size, tuple(ops), shapes)
 
 
 def cpu_memory(fn: Callable[[], Any]) -> tuple[int, int]:
     """(peak bytes, bytes still held with fn's result alive) that `fn()` allocated on the CPU
     above what was live before it, from the profiler's allocation events."""
-    # No garbage collection inside the window: freeing older objects there would hide bytes.
-    gc.disable()
-    try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            result = fn()
-    finally:
-        gc.enable()
+    prof, result = _profiled(fn)
     live = peak = 0
-    for _, size in _cpu_allocations(prof):
+    for _, size, _ in _cpu_allocations(prof):
         live += size
         peak = max(peak, live)
     del result

@@ -162,10 +162,10 @@ class PopulationTrainer:
         _, grads = estimate(self.objective.on(), scratch, generators)
         masked_step(build_optimizer(self.config, scratch), scratch, grads, self.running)
 
-    def step_cost(self) -> cost.StepCost:
-        """Peak memory and FLOPs of one training step (estimate and optimizer update) of this
-        population, measured on scratch copies with fresh generators: the trial's parameters,
-        random streams and clock are untouched. Call once per trial (see fgray.cost)."""
+    def _scratch_step(self) -> tuple[Callable[[], None], Callable[[], torch.Tensor]]:
+        """One training step (estimate and optimizer update) and one forward pass of the loss of
+        this population, on scratch copies with fresh generators: the trial's parameters, random
+        streams and clock stay untouched by whatever measures them."""
         b = self.config.batch_size
         batch = None
         if b is not None:
@@ -180,7 +180,23 @@ class PopulationTrainer:
             everyone = np.ones(self.population, dtype=bool)
             masked_step(build_optimizer(self.config, params), params, grads, everyone)
 
-        return cost.measure(step, lambda: loss(params), self.population, self.device)
+        return step, lambda: loss(params)
+
+    def step_cost(self) -> cost.StepCost:
+        """Peak memory and FLOPs of one training step of this population, on scratch copies.
+        Call once per trial (see fgray.cost)."""
+        step, forward = self._scratch_step()
+        return cost.measure(step, forward, self.population, self.device)
+
+    def peak_site(self) -> cost.PeakSite:
+        """Where one training step reaches the peak that `step_cost` reports (CPU only): which
+        allocation, inside which ops, on which shapes."""
+        if self.device.type != "cpu":
+            raise ValueError(
+                f"peak_site reads CPU allocation events; this trainer runs on {self.device}"
+            )
+        step, _ = self._scratch_step()
+        return cost.cpu_peak_site(step)
 
     @property
     def _records_position(self) -> bool:
