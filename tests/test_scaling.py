@@ -492,12 +492,12 @@ def test_tuned_size_sweep_reports_picked_rates_beside_the_theory_and_uses_confir
     tuned = result.tables["scaling_tuned_lr"].set_index(["tangent", "n_params"])
     assert tuned.loc[("normal", 6), "picked_lr"] == 1 / 16
     assert tuned.loc[("normal", 6), "theory_lr"] == pytest.approx(1 / 16)  # 1/(2·8)
-    assert tuned.loc[("normal", 30), "ratio"] == pytest.approx(1.0)  # 1/64 = 1/(2·32)
+    assert tuned.loc[("normal", 30), "picked_over_theory"] == pytest.approx(1.0)  # 1/64 = 1/(2·32)
     assert math.isnan(tuned.loc[("normal", 62), "picked_lr"])
     assert tuned.loc[("normal", 62), "theory_lr"] == pytest.approx(1 / 128)
     assert tuned.loc[("normal", 62), "note"].startswith("no rate qualified")
     assert tuned.loc[("orthogonal", 30), "theory_lr"] == pytest.approx(16 / 30 / 2)
-    assert tuned.loc[("orthogonal", 30), "ratio"] == pytest.approx((1 / 8) / (16 / 60))
+    assert tuned.loc[("orthogonal", 30), "picked_over_theory"] == pytest.approx((1 / 8) / (16 / 60))
     assert tuned.loc[("orthogonal", 30), "note"] == "the largest rate of the grid"
     assert (tuned["grid_points"] == 4).all() and (tuned["tuning_seeds"] == 4).all()
     # the scaling views: confirmation seeds only (6 per point, their times, their rates)
@@ -553,8 +553,8 @@ def test_tuned_size_sweep_runs_through_fgray_sweep_and_analyze(tmp_path, capsys)
         assert tuned.loc[("forward", n), "picked_lr"] == min(predicted, key=predicted.get)
         assert tuned.loc[("forward", n), "theory_lr"] == pytest.approx(theory.optimal_lr(n))
         assert tuned.loc[("backprop", n), "picked_lr"] == 0.5
-        assert tuned.loc[("backprop", n), "ratio"] == 1.0
-    assert tuned.loc[("forward", 2), "ratio"] == pytest.approx(1.0)  # 1/8 = 1/(2(2+2))
+        assert tuned.loc[("backprop", n), "picked_over_theory"] == 1.0
+    assert tuned.loc[("forward", 2), "picked_over_theory"] == pytest.approx(1.0)  # 1/8 = 1/(2(2+2))
     # The scaling views use the 16 confirmation seeds at the picked rate, and those agree with
     # the theory's median at that rate within the tolerance of the untuned test above.
     (tmp_path / "again").mkdir()

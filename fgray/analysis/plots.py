@@ -52,7 +52,9 @@ class Series:
     history: pd.DataFrame
 
 
-def _slug(text: str, limit: int = 60) -> str:
+def _slug(text: str, limit: int = 150) -> str:
+    """A file-name form of a group label: long enough that a tuned size sweep's names keep the keys
+    that tell figures apart (data, hidden, phase come last), short of the 255-byte name limit."""
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")[:limit] or "all"
 
 

@@ -108,7 +108,7 @@ TUNED_COLUMNS = [
     "n_params",
     "picked_lr",
     "theory_lr",
-    "ratio",
+    "picked_over_theory",
     "grid_low",
     "grid_high",
     "grid_points",
@@ -555,7 +555,7 @@ def tuned_rates(
                 "n_params": n,
                 "picked_lr": lr,
                 "theory_lr": best,
-                "ratio": lr / best if picked and math.isfinite(best) else math.nan,
+                "picked_over_theory": lr / best if picked and math.isfinite(best) else math.nan,
                 "grid_low": float(grid[0]),
                 "grid_high": float(grid[-1]),
                 "grid_points": len(grid),
@@ -608,7 +608,7 @@ def tuned_figure(table: pd.DataFrame, keys: Sequence[str], out_dir: str, index: 
 def _tuned_summary(table: pd.DataFrame) -> list[str]:
     lines = ["Tuned learning rates (picked / theory lr*, where the sphere theory applies):"]
     for series, pts in table.groupby("series", sort=False):
-        ratios = pts["ratio"].dropna()
+        ratios = pts["picked_over_theory"].dropna()
         picked = pts["picked_lr"].notna()
         text = f"  {series}: picked at {int(picked.sum())} of {len(pts)} sizes"
         if len(ratios):
