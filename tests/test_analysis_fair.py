@@ -280,3 +280,28 @@ def test_rows_of_an_untuned_experiment_beside_a_tuned_one_are_left_out():
     methods, _ = fair.tuned_methods(pd.concat([trials, other]), picks, n_resamples=0)
     assert len(methods) == 5 and "experiment" not in methods  # only x's groups, one experiment
     assert fair.NOT_PICKED_YET not in set(methods["note"])
+
+
+def test_experiments_that_split_one_comparison_pair_across_and_overlapping_ones_stay_apart():
+    # one spec run as two experiments (a method each in y): y's activity pairs with x's backprop
+    trials, picks = hand_sweep()
+    activity = (trials["model"] == "mlp") & (trials["method"] == "activity")
+    trials.loc[activity, "experiment"] = "y"
+    picks.loc[picks["group"] == "model=mlp method=activity", "experiment"] = "y"
+    trials.loc[activity & (trials["phase"] == "confirmation"), "outcome"] = R
+    trials.loc[activity, "iterations_to_threshold"] = trials.loc[activity, "iterations_run"]
+    _, times = fair.tuned_methods(trials, picks, n_resamples=0)
+    assert "experiment" not in times
+    row = times.set_index(["model", "method", "measure"]).loc[("mlp", "activity", "iterations")]
+    # activity's seeds stopped at 5, 6, 2, 3, 4 -> 4, against x's backprop 14
+    assert row["median"] == 4 and row["ratio_to_backprop"] == pytest.approx(4 / 14)
+
+    # y repeats a setting and method of x (its own backprop): each experiment is its own setting
+    y_backprop = trials[(trials["model"] == "mlp") & (trials["method"] == "backprop")]
+    both = pd.concat([trials, y_backprop.assign(experiment="y")])
+    picks = pd.concat(
+        [picks, picks[picks["group"] == "model=mlp method=backprop"].assign(experiment="y")]
+    )
+    methods, _ = fair.tuned_methods(both, picks, n_resamples=0)
+    assert list(methods.columns[:2]) == ["experiment", "model"]
+    assert len(methods[(methods["experiment"] == "y") & (methods["method"] == "backprop")]) == 1

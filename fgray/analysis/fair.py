@@ -115,15 +115,34 @@ class _Group:
 
 def _groups(trials: pd.DataFrame) -> list[_Group]:
     """Every tuned group, with its setting and a method label unique within the setting (rows of
-    an untuned experiment analysed beside a tuned one are not groups of it)."""
+    an untuned experiment analysed beside a tuned one are not groups of it).
+
+    Experiments analysed together are one comparison when no (setting, method) occurs in two of
+    them (one spec run as several experiments, a method each: their methods pair with the one
+    backprop); when some does, each experiment is a setting of its own."""
     trials = trials[trials["phase"].isin((TUNING, CONFIRMATION))]
     varying = stats.varying_keys(trials)
     setting_keys = [k for k in varying if k not in NOT_SETTING]
     if "model" in trials and "model" not in setting_keys:
         setting_keys.insert(0, "model")
-    if trials["experiment"].nunique() > 1:
-        setting_keys.insert(0, "experiment")
     extra = [k for k in RUN_KEYS if k in varying]
+    groups = _labelled_groups(trials, setting_keys, extra)
+    if _overlap(groups):
+        groups = _labelled_groups(trials, ["experiment", *setting_keys], extra)
+    return groups
+
+
+def _overlap(groups: list[_Group]) -> bool:
+    """Whether some setting and method has groups in more than one experiment."""
+    where: dict[tuple, set[str]] = {}
+    for g in groups:
+        where.setdefault((tuple(g.setting.items()), g.method), set()).add(g.experiment)
+    return any(len(experiments) > 1 for experiments in where.values())
+
+
+def _labelled_groups(
+    trials: pd.DataFrame, setting_keys: list[str], extra: list[str]
+) -> list[_Group]:
     out = []
     for (experiment, group), rows in trials.groupby(["experiment", "group"], sort=False):
         first = rows.iloc[0].to_dict()
