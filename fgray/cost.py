@@ -15,7 +15,8 @@ backward pass, but not necessarily its peak: on the replication report's CNN the
 backward of its largest block (conv2 with its ReLU and pooling), which is recomputed in full, so
 both peaks agree to within a few kB (`cpu_peak_site`: the same allocation in both). A dense
 layer with its ReLU saves only its input and output, the tensors per-layer checkpointing keeps, so
-it does not lower an MLP's peak at any depth either; segments of several layers would.
+it does not lower an MLP's peak at any depth either (checkpoint segments spanning several
+layers could; fgray has none).
 
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode`, which counts matrix products and
 convolutions (2 per multiply-add) and no elementwise ops. Forward-mode AD's tangent products run as
