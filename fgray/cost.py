@@ -164,15 +164,22 @@ class PeakSite:
         return f"{self.allocation_bytes:,} B in {' < '.join(self.ops[:2])} ({shapes})"
 
 
-def cpu_peak_site(fn: Callable[[], Any]) -> PeakSite:
-    """Where `fn()`'s CPU allocations, summed in time order, reached their peak."""
-    prof, result = _profiled(fn, record_shapes=True)
+def _running_peak(prof: profile) -> tuple[int, int, Any]:
+    """(peak, bytes live at the end, the allocation event that set the peak) of the profiled
+    CPU allocations and frees, summed in time order."""
     live = peak = 0
     at = None
     for _, size, event in _cpu_allocations(prof):
         live += size
         if live > peak:
             peak, at = live, event
+    return peak, live, at
+
+
+def cpu_peak_site(fn: Callable[[], Any]) -> PeakSite:
+    """Where `fn()`'s CPU allocations, summed in time order, reached their peak."""
+    prof, result = _profiled(fn, record_shapes=True)
+    peak, _, at = _running_peak(prof)
     del result
     ops, shapes = [], ()
     op = at.parent if at is not None else None
@@ -190,10 +197,7 @@ def cpu_memory(fn: Callable[[], Any]) -> tuple[int, int]:
     """(peak bytes, bytes still held with fn's result alive) that `fn()` allocated on the CPU
     above what was live before it, from the profiler's allocation events."""
     prof, result = _profiled(fn)
-    live = peak = 0
-    for _, size, _ in _cpu_allocations(prof):
-        live += size
-        peak = max(peak, live)
+    peak, live, _ = _running_peak(prof)
     del result
     return peak, live
 

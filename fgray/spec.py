@@ -111,6 +111,10 @@ class SpecError(ValueError):
         return type(self), (self.source, self.key, self.message)
 
 
+# The two phases of a tuned sweep (a `tune:` section); an untuned plan has phase "".
+TUNING, CONFIRMATION = "tuning", "confirmation"
+
+
 @dataclass(frozen=True)
 class PlannedTrial:
     """One Ray trial as planned: a config, the seeds it trains together, and everything else the
@@ -126,7 +130,7 @@ class PlannedTrial:
     threads: int = 1  # torch threads: the trial's resources.cpu, at least 1
     report_every: int = 50
     checkpoint_every: int = 100
-    phase: str = ""  # "tuning" or "confirmation" in a spec with `tune:`; "" otherwise
+    phase: str = ""  # TUNING or CONFIRMATION in a spec with `tune:`; "" otherwise
     picked_lr: float | None = None  # confirmation trials: the rate the tuning picked
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,7 +205,7 @@ class SweepSpec:
             return _plans(self, groups, self.seeds)
         width = len(str(len(self.tune.lrs) - 1))
         return [
-            dataclasses.replace(plan, phase="tuning")
+            dataclasses.replace(plan, phase=TUNING)
             for j, lr in enumerate(self.tune.lrs)
             for plan in _plans(
                 self,
@@ -272,7 +276,7 @@ def confirmation_trials(
                     name=f"{prefix}-s{first}-{last}",
                     config=config,
                     seeds=chunk,
-                    phase="confirmation",
+                    phase=CONFIRMATION,
                     picked_lr=lr,
                 )
             )

@@ -27,7 +27,7 @@ from typing import Any
 
 from fgray import experiment, preflight, results, tunelog
 from fgray.experiment import ExperimentError, Manifest
-from fgray.spec import PlannedTrial, SweepSpec, confirmation_trials
+from fgray.spec import TUNING, PlannedTrial, SweepSpec, confirmation_trials
 
 
 class SweepError(ExperimentError):
@@ -454,13 +454,13 @@ def _confirm(manifest: Manifest, errors: dict[str, str], verbose: int) -> dict[s
 
     from fgray.analysis.tuning import pick_rate
 
-    tuning_plans = [p for p in manifest.plans if p.phase == "tuning"]
+    tuning_plans = [p for p in manifest.plans if p.phase == TUNING]
     _finish(manifest, errors)  # error rows for the tuning trials that failed for good
     scan = _scan(manifest)
     if scan.corrupt or any(p.name not in scan.complete for p in tuning_plans):
         return errors  # a tuning trial has no rows yet: resume finishes the tuning first
     trials, _ = results.load(manifest.experiment_uri)
-    trials = trials[trials["phase"] == "tuning"]
+    trials = trials[trials["phase"] == TUNING]
     tune = manifest.tune
     picks: dict[str, dict[str, Any]] = {}
     for group in dict.fromkeys(p.group for p in tuning_plans):

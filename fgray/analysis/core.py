@@ -20,6 +20,7 @@ from fgray.analysis import fair, report, scaling, stats
 from fgray.analysis import plots as plotting
 from fgray.analysis.errors import AnalysisError
 from fgray.results import ResultsError
+from fgray.spec import TUNING
 
 
 @dataclass
@@ -196,7 +197,7 @@ def load_experiments(paths: Sequence[str]) -> Loaded:
                 missing.append(m)
         trials.append(t)
         history.append(h)
-        if "phase" in t and (t["phase"] == "tuning").any():
+        if "phase" in t and (t["phase"] == TUNING).any():
             picks.append(results.load_picks(path))
     t = pd.concat(trials, ignore_index=True) if len(trials) > 1 else trials[0]
     h = pd.concat(history, ignore_index=True) if len(history) > 1 else history[0]

@@ -43,6 +43,7 @@ from fgray.analysis import incidence, stats
 from fgray.analysis.plots import Plot, estimator_name, save_figure
 from fgray.analysis.tuning import evaluate_rates, seed_times
 from fgray.results import Outcome
+from fgray.spec import CONFIRMATION, TUNING
 
 ESTIMATOR_KEYS = ("method", "tangent", "tangents", "control_variate", "cv_decay", "epsilon")
 # How a run is watched or capped, not what is trained: a group may set these differently from
@@ -50,7 +51,6 @@ ESTIMATOR_KEYS = ("method", "tangent", "tangents", "control_variate", "cv_decay"
 RUN_KEYS = ("max_iters", "max_seconds", "eval_every", "diagnose_every", "check_every", "compile")
 NOT_SETTING = (*ESTIMATOR_KEYS, *RUN_KEYS, "lr", "phase")
 CONFIDENCE = 0.95
-TUNING, CONFIRMATION = "tuning", "confirmation"
 # measure -> (label, trials column that turns iterations into it: tuning.PICK_SCALE's)
 MEASURES = {
     "iterations": "iterations",

@@ -22,6 +22,7 @@ from fgray.analysis import incidence, stats
 from fgray.analysis.cosine import expected_cosine
 from fgray.config import TEST_FUNCTIONS, ConfigError, TrainConfig, field_names
 from fgray.functions import FUNCTIONS
+from fgray.spec import TUNING
 
 COLORS = {"backprop": "C0", "forward": "C3", "forward-per-tensor": "C2"}
 TEST_CURVES = (
@@ -487,19 +488,17 @@ def make_all(
             plots.append(plot)
             index += 1
 
-    all_panels = panels(trials, history, by)
     # A tuned sweep's tuning phase is groups x every rate of the grid: its curves per group would
     # be most of the report's figures (and of its time); the tuning curves (fgray.analysis.fair)
     # show those groups, one figure per model.
-    tuning = [key for key, _ in all_panels if key.get("phase") == "tuning"]
-    if tuning:
+    all_panels = panels(trials, history, by)
+    shown = [(key, series) for key, series in all_panels if key.get("phase") != TUNING]
+    if len(shown) < len(all_panels):
         skipped.append(
-            f"per-group curves of the tuning phase ({len(tuning)} groups): shown as the tuning "
-            "curves instead"
+            f"per-group curves of the tuning phase ({len(all_panels) - len(shown)} groups): shown "
+            "as the tuning curves instead"
         )
-    for key, series in all_panels:
-        if key.get("phase") == "tuning":
-            continue
+    for key, series in shown:
         name = stats.label(key)
         add(test_curves(key, series, out_dir, index), f"test curves ({name}): no test metrics")
         add(train_loss(key, series, out_dir, index), f"training loss ({name}): no history")

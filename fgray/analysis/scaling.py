@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from fgray.analysis import stats, theory
 from fgray.analysis.incidence import Event
 from fgray.analysis.plots import DPI, Plot
+from fgray.spec import CONFIRMATION, TUNING
 
 SIZE_KEYS = ("dim", "hidden", "n_params")
 # Keys that tell the methods of one setting apart: one figure per setting, one series per method.
@@ -499,7 +500,6 @@ def _log_ratio(a: float, b: float) -> float:
 
 
 # -- tuned size sweeps -----------------------------------------------------------------------------
-TUNING, CONFIRMATION = "tuning", "confirmation"
 
 
 def is_tuned(trials: pd.DataFrame) -> bool:
